@@ -1,0 +1,105 @@
+"""Inception feature-extraction throughput: diffusion_core ``InceptionFeatures`` vs pytorch-fid's own loop.
+
+Both run on the same N random images in the same process. pytorch-fid's side is its ``InceptionV3([3])``
+and the loop of ``pytorch_fid.fid_score.get_activations`` (DataLoader, no_grad, inputs in [0, 1]) over an
+in-memory dataset instead of image files. Its weights: the release file in the torch hub cache if present,
+else the same file ``InceptionFeatures`` resolved (pytorch-fid would otherwise try to download).
+
+    python bench/bench_fid_features.py --num-images 2000 --out bench_fid_features.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_fid import inception as pfi
+from torch.utils.data import DataLoader, TensorDataset
+
+from diffusion_core.inception_weights import HUB_FILENAME
+from diffusion_core.metrics import InceptionFeatures, build_pytorch_fid_inception
+
+
+def pytorch_fid_model(weights_path: Path, device: torch.device) -> tuple[pfi.InceptionV3, str]:
+    if (Path(torch.hub.get_dir()) / "checkpoints" / HUB_FILENAME).is_file():
+        return pfi.InceptionV3([3]).to(device).eval(), "pytorch_fid.InceptionV3([3]), hub-cache weights"
+    return build_pytorch_fid_inception(weights_path).to(device), f"pytorch_fid.InceptionV3([3]), {weights_path}"
+
+
+def pytorch_fid_activations(model: pfi.InceptionV3, images01: torch.Tensor, batch_size: int,
+                            device: torch.device) -> np.ndarray:
+    """pytorch_fid.fid_score.get_activations' loop (its model output is already 1x1-pooled)."""
+    loader = DataLoader(TensorDataset(images01), batch_size=batch_size, shuffle=False, num_workers=0)
+    out, start = np.empty((len(images01), 2048)), 0
+    for (batch,) in loader:
+        with torch.no_grad():
+            pred = model(batch.to(device))[0].squeeze(3).squeeze(2).cpu().numpy()
+        out[start : start + len(pred)] = pred
+        start += len(pred)
+    return out
+
+
+def timed(fn: Callable[[], np.ndarray], device: torch.device) -> tuple[np.ndarray, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--num-images", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--weights", default=None, help="FID Inception weights (default: resolve_inception_weights)")
+    p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = p.parse_args()
+
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    ours = InceptionFeatures(args.weights, device=device, batch_size=args.batch_size)
+    theirs, theirs_desc = pytorch_fid_model(ours.weights.path, device)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(args.num_images, args.channels, args.image_size, args.image_size, generator=gen) * 2 - 1
+    images01 = ((images + 1) / 2).expand(-1, 3, -1, -1).contiguous()  # pytorch-fid takes RGB in [0, 1]
+
+    warm = min(args.batch_size, args.num_images)  # cuDNN autotuning, lazy init
+    ours(images[:warm])
+    pytorch_fid_activations(theirs, images01[:warm], args.batch_size, device)
+    feats_ours, t_ours = timed(lambda: ours(images), device)
+    feats_theirs, t_theirs = timed(lambda: pytorch_fid_activations(theirs, images01, args.batch_size, device), device)
+
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "num_images": args.num_images,
+        "batch_size": args.batch_size,
+        "image_shape": [args.channels, args.image_size, args.image_size],
+        "ours_img_per_s": args.num_images / t_ours,
+        "pytorch_fid_img_per_s": args.num_images / t_theirs,
+        "ratio": t_theirs / t_ours,
+        "max_abs_feature_diff": float(np.abs(feats_ours - feats_theirs).max()),
+        "ours": ours.describe(),
+        "pytorch_fid": theirs_desc,
+        "torch": torch.__version__,
+    }
+    print("| device | N | ours img/s | pytorch-fid img/s | ratio | max abs feature diff |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {result['device']} | {args.num_images} | {result['ours_img_per_s']:.1f} | "
+          f"{result['pytorch_fid_img_per_s']:.1f} | {result['ratio']:.2f}x | {result['max_abs_feature_diff']:.1e} |")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

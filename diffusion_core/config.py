@@ -1,0 +1,193 @@
+"""Typed configuration of one training run: the data, model, diffusion, train and eval sections.
+
+The same sections form a sweep file (``sweep.config`` adds search dimensions and the
+``sweep``/``tracking`` sections); a single run (``python -m diffusion_core.train``) uses them as is.
+Validation is done by pydantic: unknown keys, wrong types and impossible values are rejected
+with the key path, so a run never starts on a config it cannot finish.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATASET_CHANNELS = {"cifar10": 3, "mnist": 1, "digits": 1, "stl10": 3}
+DATASET_SIZES = {"cifar10": 32, "mnist": 28, "digits": 8, "stl10": 96}
+DEFAULT_ROOT = "~/.cache/diffusion-sweep/data"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line naming the file and the key path."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dataset: Literal["cifar10", "mnist", "digits", "stl10"] = "digits"
+    root: str = DEFAULT_ROOT
+    download: bool = True
+    image_size: int | None = Field(default=None, ge=8, le=256)
+    subset: int | None = Field(default=None, ge=1)
+
+    @property
+    def channels(self) -> int:
+        return DATASET_CHANNELS[self.dataset]
+
+    @property
+    def resolution(self) -> int:
+        return self.image_size or DATASET_SIZES[self.dataset]
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+
+class ModelConfig(Section):
+    base_channels: int = Field(default=64, ge=4, le=1024)
+    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2], min_length=1, max_length=6)
+    num_res_blocks: int = Field(default=2, ge=1, le=8)
+    attention_resolutions: list[int] = Field(default_factory=lambda: [16])
+    num_heads: int = Field(default=4, ge=1, le=64)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    class_conditional: bool = False
+
+    @field_validator("channel_mult")
+    @classmethod
+    def _positive_mults(cls, mults: list[int]) -> list[int]:
+        if any(m < 1 for m in mults):
+            raise ValueError("every channel multiplier must be >= 1")
+        return mults
+
+    @model_validator(mode="after")
+    def _heads_divide_channels(self) -> ModelConfig:
+        for mult in self.channel_mult:
+            channels = self.base_channels * mult
+            if channels % self.num_heads:
+                raise ValueError(
+                    f"num_heads={self.num_heads} does not divide the {channels} channels of a level "
+                    f"(base_channels {self.base_channels} x mult {mult}); pick a divisor"
+                )
+        return self
+
+
+class DiffusionConfig(Section):
+    schedule: Literal["linear", "cosine"] = "linear"
+    timesteps: int = Field(default=1000, ge=2, le=100_000)
+    prediction: Literal["eps", "x0", "v"] = "eps"
+    cosine_s: float = Field(default=0.008, gt=0.0, lt=1.0)
+    min_timestep: int = Field(default=0, ge=0, description="smallest 0-based t drawn in training (1 gives seed 001's t ~ U{2..T})")
+
+    @model_validator(mode="after")
+    def _min_timestep_below_t(self) -> DiffusionConfig:
+        if self.min_timestep >= self.timesteps:
+            raise ValueError(f"min_timestep {self.min_timestep} must be below timesteps {self.timesteps}")
+        return self
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    lr: float = Field(default=2e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0.0)
+    ema_decay: float = Field(default=0.999, gt=0.0, lt=1.0)
+    ema_warmup_steps: int = Field(default=0, ge=0)
+    max_steps: int = Field(default=1000, ge=1)
+    checkpoint_every: int | None = Field(default=None, ge=1)
+    label_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
+    mixed_precision: bool = True
+    seed: int = 0
+
+
+class EvalConfig(Section):
+    every_steps: int = Field(default=500, ge=1)
+    num_samples: int = Field(default=256, ge=2)
+    batch_size: int = Field(default=128, ge=1)
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampling_steps: int = Field(default=50, ge=1)
+    eta: float = Field(default=0.0, ge=0.0, le=1.0)
+    guidance_weight: float = 1.0
+    clip: Literal["none", "static", "dynamic"] = "static"
+    threshold_percentile: float = Field(default=0.995, gt=0.0, le=1.0)
+    reference_split: Literal["train", "test"] = "test"
+    reference_images: int = Field(default=1000, ge=2)
+    kid_subset_size: int = Field(default=100, ge=2)
+    inception_weights: str | None = None
+    cache_dir: str = "~/.cache/diffusion-sweep/fid_reference"
+    grid_size: int = Field(default=64, ge=1)
+    seed: int = 1234
+
+
+class RunConfig(Section):
+    """One training run: everything a Trainer needs."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> RunConfig:
+        levels = len(self.model.channel_mult)
+        if self.data.resolution < 2 ** (levels - 1) * 2:
+            raise ValueError(
+                f"image size {self.data.resolution} is too small for {levels} U-Net levels; "
+                "shorten model.channel_mult"
+            )
+        if self.eval.sampler == "ddim" and self.eval.sampling_steps > self.diffusion.timesteps:
+            raise ValueError(
+                f"eval.sampling_steps {self.eval.sampling_steps} exceeds diffusion.timesteps "
+                f"{self.diffusion.timesteps}"
+            )
+        return self
+
+
+def error_line(source: str | Path, exc: ValidationError) -> str:
+    """One line naming the file, the key path of the first error and what is wrong."""
+    first = exc.errors()[0]
+    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see README's YAML reference)"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {path}: {message}{suffix}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping with ``yaml.safe_load``; any problem becomes a one-line ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: {where}invalid YAML ({problem})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: (top level): expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def parse_run_config(raw: dict[str, Any], source: str | Path = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(error_line(source, exc)) from None
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    return parse_run_config(read_yaml(path), path)

@@ -1,0 +1,56 @@
+"""What the network predicts (ε, x_0 or v) and the simple training loss L_simple (DDPM eq. 14)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffusion_core.schedules import NoiseSchedule
+
+Prediction = Literal["eps", "x0", "v"]
+
+
+def training_target(prediction: Prediction, schedule: NoiseSchedule, x_0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    """The regression target of the network for the chosen parameterisation."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x_0
+    if prediction == "v":
+        return schedule.velocity(x_0, t, eps)
+    raise ValueError(f"unknown prediction {prediction!r}: use 'eps', 'x0' or 'v'")
+
+
+def to_eps_and_x0(prediction: Prediction, schedule: NoiseSchedule, x_t: Tensor, t: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:
+    """Convert a network output into the (ε̂, x̂_0) pair that the samplers use."""
+    if prediction == "eps":
+        return output, schedule.predict_x0_from_eps(x_t, t, output)
+    if prediction == "x0":
+        return schedule.predict_eps_from_x0(x_t, t, output), output
+    if prediction == "v":
+        x_0 = schedule.predict_x0_from_v(x_t, t, output)
+        return schedule.predict_eps_from_x0(x_t, t, x_0), x_0
+    raise ValueError(f"unknown prediction {prediction!r}: use 'eps', 'x0' or 'v'")
+
+
+def sample_timesteps(batch: int, num_timesteps: int, generator: torch.Generator, device: torch.device, t_min: int = 0) -> Tensor:
+    """t ~ U{t_min, ..., T−1} (0-based); t_min = 1 gives seed 001's t ~ U{2..T}."""
+    return torch.randint(t_min, num_timesteps, (batch,), generator=generator, device=device)
+
+
+def diffusion_loss(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x_0: Tensor,
+    t: Tensor,
+    eps: Tensor,
+    prediction: Prediction = "eps",
+    y: Tensor | None = None,
+) -> Tensor:
+    """L_simple = E_{t, x_0, ε} ‖target − f_θ(x_t, t)‖² with x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
+    x_t = schedule.q_sample(x_0, t, eps)
+    output = model(x_t, t, y)
+    target = training_target(prediction, schedule, x_0, t, eps)
+    return F.mse_loss(output.float(), target.float())

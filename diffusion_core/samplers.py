@@ -1,0 +1,156 @@
+"""Reverse-process samplers: DDPM ancestral (Ho et al., Algorithm 2) and DDIM (Song et al., eq. 12).
+
+Both run on a subsequence of S steps of the training schedule ("leading" spacing, t_i = i·⌊T/S⌋),
+guide a class-conditional model without a classifier (seed 004 eq. 8) and may clip the predicted
+x_0 statically to [−1, 1] or by dynamic thresholding (Saharia et al.). The initial noise x_T is an
+input, so that every evaluation can start from the same seeded noise (common random numbers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from diffusion_core.objectives import Prediction, to_eps_and_x0
+from diffusion_core.schedules import NoiseSchedule, _gather
+
+Clip = Literal["none", "static", "dynamic"]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    kind: Literal["ddpm", "ddim"] = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    guidance_weight: float = 1.0
+    clip: Clip = "static"
+    threshold_percentile: float = 0.995
+
+
+def leading_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """t_i = i·⌊T/S⌋ for i < S: the sub-sequence, ascending (diffusers' "leading" spacing)."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"sampling steps must be in 1..{num_timesteps}, got {steps}")
+    stride = num_timesteps // steps
+    return [i * stride for i in range(steps)]
+
+
+def dynamic_threshold(x_0: Tensor, percentile: float) -> Tensor:
+    """Imagen's dynamic thresholding: s = max(1, quantile_p |x̂_0|) per sample; x̂_0 ← clip(x̂_0, −s, s)/s."""
+    flat = x_0.reshape(len(x_0), -1).abs().float()
+    s = torch.quantile(flat, percentile, dim=1).clamp(min=1.0).to(x_0.dtype)
+    s = s.reshape(-1, *([1] * (x_0.ndim - 1)))
+    return torch.maximum(torch.minimum(x_0, s), -s) / s
+
+
+def clip_x0(x_0: Tensor, clip: Clip, percentile: float) -> Tensor:
+    if clip == "none":
+        return x_0
+    if clip == "static":
+        return x_0.clamp(-1.0, 1.0)
+    if clip == "dynamic":
+        return dynamic_threshold(x_0, percentile)
+    raise ValueError(f"unknown clip mode {clip!r}: use 'none', 'static' or 'dynamic'")
+
+
+def guided_output(model: nn.Module, x_t: Tensor, t: Tensor, y: Tensor | None, guidance_weight: float) -> Tensor:
+    """Classifier-free guidance, seed 004 eq. 8: f̃ = w f(x_t, t, c) + (1 − w) f(x_t, t, ∅).
+
+    w = 1 is the conditional model, w = 0 the unconditional one; with no labels the model is
+    called once, unconditionally.
+    """
+    if y is None or guidance_weight == 1.0:
+        return model(x_t, t, y)
+    null = torch.full_like(y, model.null_class)
+    both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
+    conditional, unconditional = both.chunk(2)
+    return guidance_weight * conditional + (1.0 - guidance_weight) * unconditional
+
+
+def predict(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x_t: Tensor,
+    t: Tensor,
+    prediction: Prediction,
+    settings: SamplerSettings,
+    y: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(ε̂, x̂_0) at x_t; when x̂_0 is clipped, ε̂ is recomputed from it so both stay consistent."""
+    output = guided_output(model, x_t, t, y, settings.guidance_weight)
+    eps, x_0 = to_eps_and_x0(prediction, schedule, x_t, t, output)
+    if settings.clip != "none":
+        x_0 = clip_x0(x_0, settings.clip, settings.threshold_percentile)
+        eps = schedule.predict_eps_from_x0(x_t, t, x_0)
+    return eps, x_0
+
+
+def ddim_step(
+    x_t: Tensor,
+    eps: Tensor,
+    x_0: Tensor,
+    alpha_cumprod: Tensor,
+    alpha_cumprod_prev: Tensor,
+    eta: float,
+    noise: Tensor | None,
+) -> Tensor:
+    """DDIM eq. 12: x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ²) ε̂ + σ z,
+    σ = η √((1 − ᾱ_{t−1}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t−1})."""
+    sigma = eta * ((1 - alpha_cumprod_prev) / (1 - alpha_cumprod) * (1 - alpha_cumprod / alpha_cumprod_prev)).sqrt()
+    x_prev = alpha_cumprod_prev.sqrt() * x_0 + (1 - alpha_cumprod_prev - sigma**2).clamp(min=0).sqrt() * eps
+    if noise is not None and eta > 0:
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x_T: Tensor,
+    prediction: Prediction = "eps",
+    settings: SamplerSettings = SamplerSettings(),
+    y: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Run the reverse process from x_T to x_0 with the chosen sampler; returns samples in [−1, 1]
+    (clamped at the end whatever the clip mode). ``generator`` seeds the per-step noise."""
+    timesteps = leading_timesteps(schedule.num_timesteps, settings.steps)
+    if settings.kind == "ddpm":
+        return _ddpm(model, schedule, x_T, timesteps, prediction, settings, y, generator)
+    if settings.kind == "ddim":
+        return _ddim(model, schedule, x_T, timesteps, prediction, settings, y, generator)
+    raise ValueError(f"unknown sampler {settings.kind!r}: use 'ddpm' or 'ddim'")
+
+
+def _step_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    gen_device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=gen_device, dtype=like.dtype).to(like.device)
+
+
+def _ddim(model, schedule, x_T, timesteps, prediction, settings, y, generator) -> Tensor:
+    x = x_T
+    alphas_cumprod = schedule.alphas_cumprod
+    for i in reversed(range(len(timesteps))):
+        t = torch.full((len(x),), timesteps[i], device=x.device, dtype=torch.long)
+        eps, x_0 = predict(model, schedule, x, t, prediction, settings, y)
+        alpha_cumprod = _gather(alphas_cumprod, t, x)
+        alpha_cumprod_prev = _gather(alphas_cumprod, t - (timesteps[i] - timesteps[i - 1]), x) if i > 0 else torch.ones_like(alpha_cumprod)
+        noise = _step_noise(x, generator) if settings.eta > 0 and i > 0 else None
+        x = ddim_step(x, eps, x_0, alpha_cumprod, alpha_cumprod_prev, settings.eta, noise)
+    return x.clamp(-1.0, 1.0)
+
+
+def _ddpm(model, schedule, x_T, timesteps, prediction, settings, y, generator) -> Tensor:
+    """Algorithm 2 on the respaced schedule: x_{t−1} = μ̃(x_t, x̂_0) + σ_t z with σ_t² = β̃_t."""
+    respaced = schedule.respace(timesteps)
+    x = x_T
+    for i in reversed(range(len(timesteps))):
+        t_model = torch.full((len(x),), timesteps[i], device=x.device, dtype=torch.long)
+        t_respaced = torch.full((len(x),), i, device=x.device, dtype=torch.long)
+        _, x_0 = predict(model, schedule, x, t_model, prediction, settings, y)
+        mean, _, log_variance = respaced.q_posterior(x_0, x, t_respaced)
+        x = mean + (0.5 * log_variance).exp() * _step_noise(x, generator) if i > 0 else mean
+    return x.clamp(-1.0, 1.0)

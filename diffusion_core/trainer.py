@@ -1,0 +1,143 @@
+"""Trainer: AdamW with LR warm-up, gradient clipping, EMA, mixed precision on CUDA, seeded data
+order, exact checkpoint/restore and periodic FID/KID evaluation. Knows nothing of Ray or MLflow."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffusion_core.checkpoint import load_safe, save_atomic
+from diffusion_core.config import RunConfig
+from diffusion_core.data import BatchOrder, ImageData, load_images, to_unit_range
+from diffusion_core.ema import EMA
+from diffusion_core.objectives import diffusion_loss, sample_timesteps
+from diffusion_core.schedules import NoiseSchedule
+from diffusion_core.unet import UNet
+
+GPU_DATA_LIMIT_BYTES = 4 * 2**30
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(cfg: RunConfig) -> UNet:
+    m = cfg.model
+    return UNet(
+        in_channels=cfg.data.channels,
+        base_channels=m.base_channels,
+        channel_mult=m.channel_mult,
+        num_res_blocks=m.num_res_blocks,
+        attention_resolutions=m.attention_resolutions,
+        num_heads=m.num_heads,
+        dropout=m.dropout,
+        image_size=cfg.data.resolution,
+        num_classes=cfg.data.num_classes if m.class_conditional else None,
+    )
+
+
+class Trainer:
+    """One training run. ``step`` counts optimizer steps done; ``train_until`` continues from it."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device | str | None = None, data: ImageData | None = None) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device) if device is not None else default_device()
+        train = cfg.train
+        torch.manual_seed(train.seed)
+        data = data if data is not None else load_images(cfg.data, train=True)
+        fits = data.images.numel() <= GPU_DATA_LIMIT_BYTES
+        self.data = data.to(self.device) if fits else data
+        self.model = build_model(cfg).to(self.device)
+        self.ema = EMA(self.model, train.ema_decay, train.ema_warmup_steps)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=self.device.type == "cuda"
+        )
+        self.schedule = NoiseSchedule.create(cfg.diffusion.schedule, cfg.diffusion.timesteps, cfg.diffusion.cosine_s).to(self.device)
+        self.order = BatchOrder(len(self.data), train.batch_size, train.seed)
+        self.generator = torch.Generator(self.device).manual_seed(train.seed + 1)
+        self.amp_dtype = torch.bfloat16 if self.device.type == "cuda" and train.mixed_precision else None
+        self.step = 0
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to ``train.lr`` over ``train.warmup_steps``, then constant."""
+        warmup = self.cfg.train.warmup_steps
+        return self.cfg.train.lr * min(1.0, (step + 1) / warmup) if warmup else self.cfg.train.lr
+
+    def _batch(self) -> tuple[Tensor, Tensor | None]:
+        idx = self.order.indices(self.step).to(self.data.images.device)
+        x_0 = to_unit_range(self.data.images[idx].to(self.device, non_blocking=True))
+        if not self.cfg.model.class_conditional:
+            return x_0, None
+        y = self.data.labels[idx].to(self.device)
+        drop = torch.rand(len(y), generator=self.generator, device=self.device) < self.cfg.train.label_dropout
+        return x_0, torch.where(drop, torch.full_like(y, self.model.null_class), y)
+
+    def train_step(self) -> Tensor:
+        """One optimizer step on the next batch; returns the loss as a 0-d tensor (no host sync)."""
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        x_0, y = self._batch()
+        t = sample_timesteps(len(x_0), self.schedule.num_timesteps, self.generator, self.device, self.cfg.diffusion.min_timestep)
+        eps = torch.randn(x_0.shape, generator=self.generator, device=self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            loss = diffusion_loss(self.model, self.schedule, x_0, t, eps, self.cfg.diffusion.prediction, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        return loss.detach()
+
+    def train_until(self, target_step: int, check_every: int | None = None) -> list[float]:
+        """Train up to ``target_step``; returns the per-step losses. Raises DivergenceError on a
+        non-finite loss (checked every step on CPU, every ``check_every`` steps on GPU)."""
+        check_every = check_every or (1 if self.device.type == "cpu" else 25)
+        losses: list[Tensor] = []
+        while self.step < target_step:
+            losses.append(self.train_step())
+            if len(losses) % check_every == 0 or self.step == target_step:
+                recent = torch.stack(losses[-check_every:])
+                if not bool(torch.isfinite(recent).all()):
+                    raise DivergenceError(f"loss became {float(recent[~torch.isfinite(recent)][0])} at step {self.step}")
+        return [float(x) for x in torch.stack(losses).tolist()] if losses else []
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"cpu": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "config": self.cfg.model_dump_json(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        self.generator.set_state(state["rng"]["generator"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+    def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        return save_atomic({**self.state_dict(), "extra": extra or {}}, path)
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Restore everything from ``path``; returns the checkpoint's ``extra`` mapping."""
+        state = load_safe(path)
+        self.load_state_dict(state)
+        return state.get("extra", {})
