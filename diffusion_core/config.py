@@ -191,3 +191,24 @@ def parse_run_config(raw: dict[str, Any], source: str | Path = "<config>") -> Ru
 
 def load_run_config(path: str | Path) -> RunConfig:
     return parse_run_config(read_yaml(path), path)
+
+
+def apply_overrides(raw: dict[str, Any], assignments: list[str], source: str | Path = "--set") -> dict[str, Any]:
+    """Apply ``key.path=value`` assignments (values parsed as YAML) to a nested mapping, in place."""
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source}: {assignment!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"{source}: {key}: cannot parse value {text!r} as YAML") from None
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw

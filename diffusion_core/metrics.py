@@ -196,7 +196,7 @@ class ReferenceCache:
     """
 
     def __init__(self, cache_dir: str | Path, max_features: int = 10_000) -> None:
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = Path(cache_dir).expanduser()
         self.max_features = max_features
 
     def path_for(self, key: Mapping[str, Any]) -> Path:

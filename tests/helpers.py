@@ -1,13 +1,25 @@
 """Small configs shared by the tests."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from diffusion_core.config import RunConfig
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MNIST_ROOT = SHARED / "data"
-FID_WEIGHTS = SHARED / "data" / "fid_inception" / "pt_inception-2015-12-05-fczeroed.pth"
+DATA_ROOT = Path(os.environ.get("DIFFUSION_SWEEP_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+MNIST_ROOT = DATA_ROOT
+FID_WEIGHTS = DATA_ROOT / "fid_inception" / "pt_inception-2015-12-05-fczeroed.pth"
+
+
+def require(path: Path, what: str) -> Path:
+    """Skip when shared test data is missing, but fail under CI=true (CI always has it)."""
+    if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{what} is required under CI=true: {path}")
+        pytest.skip(f"{what} not found: {path}")
+    return path
 
 
 def tiny_config(**sections) -> RunConfig:

@@ -1,6 +1,6 @@
 """FID / KID, Inception weights resolution and the reference-statistics cache (CPU, offline).
 
-Data comes from DIFFUSION_SWEEP_TEST_DATA (default /work/shared/data): fid_inception/ and MNIST/.
+Data comes from DIFFUSION_SWEEP_TEST_DATA (default ../shared/data beside the repository): fid_inception/ and MNIST/.
 When it is missing the dependent tests skip, except under CI=true, where they fail.
 """
 
@@ -32,7 +32,7 @@ from diffusion_core.metrics import (
     kernel_inception_distance,
 )
 
-DATA_ROOT = Path(os.environ.get("DIFFUSION_SWEEP_TEST_DATA", "/work/shared/data"))
+from helpers import DATA_ROOT
 SHARED_WEIGHTS = DATA_ROOT / "fid_inception" / "pt_inception-2015-12-05-fczeroed.pth"
 N_PER_SET = 64  # the Inception forward runs at a few img/s on a small CPU
 

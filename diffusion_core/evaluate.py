@@ -1,0 +1,99 @@
+"""Evaluation at a rung: N samples from the EMA model, from the same seeded initial noise every time
+(common random numbers), scored by FID and KID against cached reference statistics."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torchvision.utils import make_grid
+
+from diffusion_core.config import RunConfig
+from diffusion_core.data import load_images, to_unit_range, to_uint8
+from diffusion_core.metrics import InceptionFeatures, ReferenceCache, ReferenceStats, fid_kid
+from diffusion_core.samplers import SamplerSettings, sample
+from diffusion_core.schedules import NoiseSchedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    fid: float
+    kid: float
+    kid_std: float
+    seconds: float
+    grid: Tensor  # uint8 (3, H, W) image grid of the first samples
+
+    def metrics(self) -> dict[str, float]:
+        return {"fid": self.fid, "kid": self.kid, "kid_std": self.kid_std, "eval_seconds": self.seconds}
+
+
+def sampler_settings(cfg: RunConfig) -> SamplerSettings:
+    e = cfg.eval
+    steps = min(e.sampling_steps, cfg.diffusion.timesteps)
+    return SamplerSettings(e.sampler, steps, e.eta, e.guidance_weight, e.clip, e.threshold_percentile)
+
+
+def fixed_noise(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:
+    """The evaluation's initial noises x_T (and class labels): a pure function of ``eval.seed``."""
+    gen = torch.Generator().manual_seed(cfg.eval.seed)
+    shape = (cfg.eval.num_samples, cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
+    x_T = torch.randn(shape, generator=gen)
+    labels = torch.randint(0, cfg.data.num_classes, (cfg.eval.num_samples,), generator=gen) if cfg.model.class_conditional else None
+    return x_T, labels
+
+
+def reference_key(cfg: RunConfig, num_images: int) -> dict[str, object]:
+    d = cfg.data
+    return {"dataset": d.dataset, "split": cfg.eval.reference_split, "image_size": d.resolution, "num_images": num_images}
+
+
+class Evaluator:
+    """Holds the Inception network and the reference statistics for one data configuration."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device | str = "cpu", features: InceptionFeatures | None = None) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.features = features or InceptionFeatures(cfg.eval.inception_weights, device=self.device)
+        self.x_T, self.labels = fixed_noise(cfg)
+        self._reference: ReferenceStats | None = None
+
+    @property
+    def reference(self) -> ReferenceStats:
+        if self._reference is None:
+            self._reference = self._load_reference()
+        return self._reference
+
+    def _load_reference(self) -> ReferenceStats:
+        e = self.cfg.eval
+        data = load_images(self.cfg.data.model_copy(update={"subset": None}), train=e.reference_split == "train")
+        count = min(e.reference_images, len(data))
+        chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:count]
+        cache = ReferenceCache(e.cache_dir)
+        return cache.get(reference_key(self.cfg, count), lambda: to_unit_range(data.images[chosen]), self.features)
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, schedule: NoiseSchedule) -> Tensor:
+        """All N samples in [−1, 1], in batches, on the evaluator's device."""
+        settings = sampler_settings(self.cfg)
+        gen = torch.Generator().manual_seed(self.cfg.eval.seed + 1)
+        model.eval()
+        batches = []
+        for start in range(0, len(self.x_T), self.cfg.eval.batch_size):
+            x_T = self.x_T[start : start + self.cfg.eval.batch_size].to(self.device)
+            y = None if self.labels is None else self.labels[start : start + len(x_T)].to(self.device)
+            batches.append(sample(model, schedule, x_T, self.cfg.diffusion.prediction, settings, y, gen).cpu())
+        return torch.cat(batches)
+
+    def __call__(self, model: nn.Module, schedule: NoiseSchedule) -> EvalResult:
+        start = time.perf_counter()
+        reference = self.reference
+        images = to_unit_range(to_uint8(self.generate(model, schedule)))  # quantised like the reference
+        scores = fid_kid(self.features(images), reference, self.cfg.eval.kid_subset_size)
+        grid = make_grid(to_uint8(images[: self.cfg.eval.grid_size]), nrow=max(1, int(len(images[: self.cfg.eval.grid_size]) ** 0.5)))
+        seconds = time.perf_counter() - start
+        log.info("evaluated %d samples in %.1fs: FID %.2f, KID %.4f", len(images), seconds, scores["fid"], scores["kid"])
+        return EvalResult(scores["fid"], scores["kid"], scores["kid_std"], seconds, grid)

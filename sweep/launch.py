@@ -1,0 +1,90 @@
+"""``python -m sweep.launch SPACE.yaml``: validate, check, then run an Optuna-guided, ASHA-pruned sweep
+on Ray Tune with every trial tracked in MLflow, and print a summary."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from diffusion_core.config import ConfigError
+from diffusion_core.data import DatasetError
+from diffusion_core.inception_weights import InceptionWeightsError
+from sweep.config import SweepConfig, load_sweep
+from sweep.preflight import PreflightError, preflight
+from sweep.space import sample_configs
+
+EXIT_CONFIG, EXIT_PREFLIGHT = 2, 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sweep.launch", description=__doc__.splitlines()[0].strip("`"))
+    p.add_argument("space", help="search-space YAML file (see search_spaces/ and README's YAML reference)")
+    p.add_argument("--address", help="Ray cluster to join ('auto', or host:port); default: start Ray locally (or $RAY_ADDRESS)")
+    p.add_argument("--num-trials", type=int, help="override sweep.num_trials")
+    p.add_argument("--storage-path", help="override sweep.storage_path (a folder, or s3://, gs:// for clusters)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of the same name")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the resolved space and sampled configs, start nothing")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a value of the file (repeatable)")
+    return p.parse_args(argv)
+
+
+def load(args: argparse.Namespace) -> SweepConfig:
+    overrides = list(args.overrides)
+    if args.num_trials is not None:
+        overrides.append(f"sweep.num_trials={args.num_trials}")
+    if args.storage_path:
+        overrides.append(f"sweep.storage_path={args.storage_path}")
+    cfg = load_sweep(args.space, overrides)
+    for section, leaf in (("data", "root"), ("eval", "cache_dir"), ("eval", "inception_weights")):
+        values = getattr(cfg, section)
+        if isinstance(values.get(leaf), str) and "://" not in values[leaf]:
+            values[leaf] = str(Path(values[leaf]).expanduser().resolve())
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+    return cfg
+
+
+def dry_run(cfg: SweepConfig) -> None:
+    print(f"{cfg.source}: valid. Sweep {cfg.name!r}: {cfg.sweep.num_trials} trials, at most {cfg.sweep.max_concurrent} at once.")
+    print("\nFixed values (a dimension shows its first value):")
+    print(yaml.safe_dump(cfg.base_raw(), sort_keys=False).rstrip())
+    print("\nSearch dimensions:")
+    for dim in cfg.dimensions:
+        what = f"choice {dim.choices}" if dim.kind == "choice" else f"{dim.kind} [{dim.low}, {dim.high}]" + (f" step {dim.step}" if dim.step else "")
+        cond = f"  if {dim.condition}" if dim.condition else ""
+        print(f"  {dim.path}: {what}{cond}")
+    print("\nSampled configurations:")
+    for params in sample_configs(cfg.dimensions, 3, cfg.sweep.seed):
+        cfg.run_config(params)
+        print("  " + json.dumps(params))
+    print(f"\nMLflow: {cfg.tracking.tracking_uri} (experiment {cfg.experiment!r}); Ray results: {cfg.sweep.storage_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.dry_run:
+        dry_run(cfg)
+        return 0
+    try:
+        checked = preflight(cfg, address=args.address or os.environ.get("RAY_ADDRESS"), resume=args.resume)
+    except (PreflightError, DatasetError, InceptionWeightsError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PREFLIGHT
+    from sweep.runner import run_sweep
+
+    summary = run_sweep(cfg, checked, address=args.address, resume=args.resume)
+    return 0 if summary.trials and summary.best is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Ray Tune with OptunaSearch (seeded TPE) and ASHA on FID; MLflow parent/child runs; the summary."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import yaml
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from rich.console import Console
+from rich.table import Table
+
+from diffusion_core.evaluate import Evaluator
+from sweep.config import SweepConfig
+from sweep.preflight import Checked
+from sweep.space import make_space
+from sweep.summary import SweepSummary, outcome_label, summarize
+from sweep.tracking import TRIAL_TAG, SweepTracker, TrialRun
+from sweep.trainable import run_trial
+
+METRIC, MODE = "fid", "min"
+RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+
+
+class RungAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial ASHA stopped before ``max_step`` as PRUNED, not COMPLETE.
+
+    Ray would otherwise hand TPE the early-rung FID as if it were final. As PRUNED (with the rung FIDs
+    reported as intermediate values), TPE ranks it below every trial that ran to the end and above
+    trials pruned at earlier rungs (optuna's ``_get_pruned_trial_score``): what the searcher learns
+    is "how far did this configuration get", which is comparable across rungs.
+    """
+
+    def __init__(self, *args: Any, max_step: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_step = max_step
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped_early = bool(result) and not error and int(result.get("step", self._max_step)) < self._max_step
+        if not stopped_early or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+class MlflowStatusCallback(tune.Callback):
+    """Sets each child run's final status as Ray decides it: completed, pruned by ASHA, or failed."""
+
+    def __init__(self, tracking_uri: str, max_steps: int) -> None:
+        self.tracking_uri, self.max_steps = tracking_uri, max_steps
+
+    def _settle(self, trial: Any, error: bool) -> None:
+        from mlflow.tracking import MlflowClient
+
+        result = trial.last_result or {}
+        run_id = result.get("mlflow_run_id")
+        if not run_id:
+            return
+        label = outcome_label(int(result.get("step", 0)), self.max_steps, error)
+        reason = str(getattr(trial, "error_message", "") or "")[-2000:] if error else ("stopped by ASHA at step %d" % result.get("step", 0) if label == "pruned" else None)
+        TrialRun(MlflowClient(self.tracking_uri), run_id).finish(RUN_STATUS[label], label, reason)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._settle(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._settle(trial, error=True)
+
+
+def build_tuner(cfg: SweepConfig, checked: Checked, tracker: SweepTracker, resume: bool) -> tune.Tuner:
+    resources = cfg.sweep.resources_per_trial
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=cfg, tracking_uri=tracker.tracking_uri,
+                             experiment_id=tracker.experiment_id, parent_run_id=tracker.parent_run_id),
+        {"cpu": resources.cpu, "gpu": resources.gpu},
+    )
+    if resume:
+        return tune.Tuner.restore(checked.experiment_path, trainable, resume_unfinished=True, resume_errored=True)
+    max_steps = cfg.run_config({}).train.max_steps
+    every = cfg.run_config({}).eval.every_steps
+    searcher = RungAwareOptunaSearch(
+        space=make_space(cfg.dimensions), metric=METRIC, mode=MODE, max_step=max_steps,
+        sampler=optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=cfg.sweep.n_startup_trials),
+    )
+    scheduler = ASHAScheduler(
+        time_attr="step", metric=METRIC, mode=MODE, max_t=max_steps,
+        grace_period=cfg.sweep.scheduler.grace_period or every, reduction_factor=cfg.sweep.scheduler.reduction_factor,
+    )
+    reporter = tune.CLIReporter(
+        metric_columns={"step": "step", "fid": "FID", "best_fid": "best FID", "kid": "KID", "loss": "loss"},
+        parameter_columns=[d.path for d in cfg.dimensions], max_report_frequency=15, sort_by_metric=True,
+    )
+    reporter.set_search_properties(METRIC, MODE)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, cfg.sweep.max_concurrent), scheduler=scheduler,
+                                    num_samples=cfg.sweep.num_trials, max_concurrent_trials=cfg.sweep.max_concurrent),
+        run_config=tune.RunConfig(
+            name=cfg.name, storage_path=checked.storage_path, progress_reporter=reporter, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[MlflowStatusCallback(tracker.tracking_uri, max_steps)],
+        ),
+    )
+
+
+def settle_orphans(tracker: SweepTracker, summary: SweepSummary) -> None:
+    """Child runs still RUNNING (a killed driver never told them) get the status Ray recorded."""
+    by_trial = {t.trial_id: t for t in summary.trials}
+    for run in tracker.children():
+        if run.info.status != "RUNNING":
+            continue
+        outcome = by_trial.get(run.data.tags.get(TRIAL_TAG, ""))
+        label = outcome.status if outcome else "failed"
+        TrialRun(tracker.client, run.info.run_id).finish(RUN_STATUS[label], label, None if outcome else "trial lost with the driver")
+
+
+def print_summary(cfg: SweepConfig, summary: SweepSummary, checked: Checked, tracker: SweepTracker) -> None:
+    console = Console()
+    table = Table(title=f"sweep {cfg.name}: {len(summary.trials)} trials")
+    for column in ("trial", "status", "step", "best FID", *[d.path for d in cfg.dimensions]):
+        table.add_column(column)
+    for t in sorted(summary.trials, key=lambda t: t.best_fid):
+        table.add_row(t.trial_id, t.status, str(t.step), f"{t.best_fid:.2f}" if math.isfinite(t.best_fid) else "-",
+                      *[str(t.params.get(d.path, "-")) for d in cfg.dimensions])
+    console.print(table)
+    best = summary.best
+    if best:
+        console.print(f"[bold]best FID {best.best_fid:.2f}[/] (trial {best.trial_id}, step {best.step}): {best.params}")
+    console.print(f"trials: {summary.count('completed')} completed, {summary.count('pruned')} pruned by ASHA, {summary.count('failed')} failed")
+    for t in summary.trials:
+        if t.error:
+            console.print(f"  failed {t.trial_id}: {t.error}")
+    console.print(f"Ray results: {checked.experiment_path}")
+    console.print(f"MLflow: {tracker.tracking_uri}, experiment {cfg.experiment!r}, parent run {tracker.parent_run_id}")
+    ui = f"mlflow ui --backend-store-uri {tracker.tracking_uri}" if tracker.tracking_uri.startswith("sqlite") else f"open {tracker.tracking_uri}"
+    console.print(f"Browse: {ui}  (then http://127.0.0.1:5000)")
+
+
+def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: bool) -> SweepSummary:
+    tracker = SweepTracker(checked.tracking_uri, cfg.experiment)
+    base = cfg.run_config({})
+    tracker.start_parent(cfg.name, resume, {"source_file": cfg.source, "inception_weights_sha256": checked.weights.sha256})
+    if not resume:
+        tracker.client.log_text(tracker.parent_run_id, Path(cfg.source).read_text(), "search_space.yaml")
+        tracker.client.log_text(tracker.parent_run_id, yaml.safe_dump(cfg.model_dump(), sort_keys=False), "resolved_space.yaml")
+    if address is None:
+        print("computing (or loading) the FID reference statistics once, before the trials start ...", flush=True)
+        Evaluator(base, "cpu").reference  # noqa: B018 -- fills the shared on-disk cache
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    try:
+        results = build_tuner(cfg, checked, tracker, resume).fit()
+    except KeyboardInterrupt:
+        print(f"interrupted: continue with `python -m sweep.launch {cfg.source} --resume`", file=sys.stderr)
+        raise
+    summary = summarize(results, base.train.max_steps)
+    settle_orphans(tracker, summary)
+    best = summary.best
+    metrics = {f"trials_{s}": summary.count(s) for s in ("completed", "pruned", "failed")}
+    if best:
+        metrics["best_fid"] = best.best_fid
+    tracker.finish_parent(metrics, best.params if best else {}, {"best_trial": best.trial_id if best else "", "best_run_id": (best.run_id or "") if best else ""})
+    print_summary(cfg, summary, checked, tracker)
+    return summary

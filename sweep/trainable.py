@@ -1,0 +1,87 @@
+"""The Ray Tune trainable: the one seam where a trial's sampled parameters become a Trainer.
+
+Train to the next evaluation step, evaluate FID/KID, log to the trial's MLflow child run and
+``tune.report`` the metrics together with a checkpoint; on a restart, continue from Tune's latest
+checkpoint, reopening the same MLflow run (its id travels inside the checkpoint).
+"""
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+from ray import tune
+from torchvision.io import encode_png
+
+from diffusion_core.checkpoint import CheckpointError, save_atomic
+from diffusion_core.evaluate import Evaluator
+from diffusion_core.trainer import DivergenceError, Trainer
+from sweep.config import SweepConfig
+from sweep.tracking import TrialRun
+
+CHECKPOINT_FILE = "trainer.pt"
+
+
+def _restore(trainer: Trainer) -> dict[str, Any] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / CHECKPOINT_FILE
+        try:
+            return trainer.load_checkpoint(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} (trial checkpoint of Ray Tune; restart the trial or delete the file)") from None
+
+
+def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+    """Function trainable; ``config`` is the flat ``{key.path: value}`` dict sampled by Optuna."""
+    cfg = sweep.run_config(config)
+    context = tune.get_context()
+    torch.set_num_threads(max(1, int(sweep.sweep.resources_per_trial.cpu)))
+    trainer = Trainer(cfg)
+    extra = _restore(trainer) or {}
+    client = MlflowClient(tracking_uri)
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+    if "mlflow_run_id" in extra:
+        run = TrialRun(client, extra["mlflow_run_id"])
+        run.set_tags({**node, "diffusion_sweep.status": "running", "restored_at_step": str(trainer.step)})
+    else:
+        run = TrialRun.create(client, experiment_id, parent_run_id, context.get_trial_name(), context.get_trial_id(), config,
+                              {**node, "num_parameters": str(trainer.model.num_parameters())})
+    best_fid = float(extra.get("best_fid", float("inf")))
+    evaluator = Evaluator(cfg, trainer.device)
+    every = cfg.eval.every_steps
+    try:
+        while trainer.step < cfg.train.max_steps:
+            started = time.perf_counter()
+            target = min(cfg.train.max_steps, (trainer.step // every + 1) * every)
+            losses = trainer.train_until(target)
+            train_seconds = time.perf_counter() - started
+            result = evaluator(trainer.ema.shadow, trainer.schedule)
+            metrics = {"loss": sum(losses) / len(losses), "train_seconds": train_seconds, **result.metrics()}
+            run.log_metrics(metrics, trainer.step)
+            run.log_png(encode_png(result.grid).numpy().tobytes(), f"samples/step_{trainer.step:07d}.png")
+            with tempfile.TemporaryDirectory() as folder:
+                if result.fid < best_fid:
+                    best_fid = result.fid
+                    best = save_atomic({"ema": trainer.ema.shadow.state_dict(), "step": trainer.step, "fid": result.fid,
+                                        "config": cfg.model_dump_json()}, Path(folder) / "best_ema.pt")
+                    run.log_file(best, "checkpoints")
+                trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE, extra={"mlflow_run_id": run.run_id, "best_fid": best_fid})
+                tune.report(
+                    {**metrics, "step": trainer.step, "best_fid": best_fid, "mlflow_run_id": run.run_id, "node_id": node["node_id"]},
+                    checkpoint=tune.Checkpoint.from_directory(folder),
+                )
+    except DivergenceError as exc:
+        run.finish("FAILED", "failed", f"diverged: {exc}")
+        raise
+    except Exception:
+        run.set_tags({"diffusion_sweep.status": "failed", "failure_reason": traceback.format_exc()[-5000:]})
+        raise
