@@ -102,7 +102,7 @@ def build_tuner(cfg: SweepConfig, checked: Checked, tracker: SweepTracker, resum
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, cfg.sweep.max_concurrent), scheduler=scheduler,
-                                    num_samples=cfg.sweep.num_trials, max_concurrent_trials=cfg.sweep.max_concurrent),
+                                    num_samples=cfg.sweep.num_trials),
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=checked.storage_path, progress_reporter=reporter, verbose=1,
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
@@ -123,14 +123,18 @@ def settle_orphans(tracker: SweepTracker, summary: SweepSummary) -> None:
         TrialRun(tracker.client, run.info.run_id).finish(RUN_STATUS[label], label, None if outcome else "trial lost with the driver")
 
 
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def print_summary(cfg: SweepConfig, summary: SweepSummary, checked: Checked, tracker: SweepTracker) -> None:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"sweep {cfg.name}: {len(summary.trials)} trials")
-    for column in ("trial", "status", "step", "best FID", *[d.path for d in cfg.dimensions]):
+    for column in ("trial", "status", "step", "best FID", *[d.path.rsplit(".", 1)[-1] for d in cfg.dimensions]):
         table.add_column(column)
     for t in sorted(summary.trials, key=lambda t: t.best_fid):
         table.add_row(t.trial_id, t.status, str(t.step), f"{t.best_fid:.2f}" if math.isfinite(t.best_fid) else "-",
-                      *[str(t.params.get(d.path, "-")) for d in cfg.dimensions])
+                      *[_short(t.params.get(d.path, "-")) for d in cfg.dimensions])
     console.print(table)
     best = summary.best
     if best:

@@ -6,6 +6,7 @@ checkpoint, reopening the same MLflow run (its id travels inside the checkpoint)
 """
 from __future__ import annotations
 
+import logging
 import socket
 import tempfile
 import time
@@ -26,18 +27,35 @@ from sweep.config import SweepConfig
 from sweep.tracking import TrialRun
 
 CHECKPOINT_FILE = "trainer.pt"
+log = logging.getLogger(__name__)
+
+
+def _older_local_checkpoints(checkpoint: tune.Checkpoint) -> list[Path]:
+    """The trial's earlier checkpoints on local storage (Tune keeps ``num_to_keep``), newest first."""
+    current = Path(checkpoint.path)
+    if type(checkpoint.filesystem).__name__ != "LocalFileSystem" or not current.parent.is_dir():
+        return []
+    return sorted((p for p in current.parent.glob("checkpoint_*") if p.name < current.name), reverse=True)
 
 
 def _restore(trainer: Trainer) -> dict[str, Any] | None:
+    """Load Tune's latest checkpoint; if it is corrupt, the newest earlier one that loads."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        path = Path(folder) / CHECKPOINT_FILE
         try:
-            return trainer.load_checkpoint(path)
+            return trainer.load_checkpoint(Path(folder) / CHECKPOINT_FILE)
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc} (trial checkpoint of Ray Tune; restart the trial or delete the file)") from None
+            error = exc
+    for older in _older_local_checkpoints(checkpoint):
+        try:
+            extra = trainer.load_checkpoint(older / CHECKPOINT_FILE)
+        except CheckpointError:
+            continue
+        log.warning("%s; continuing from the previous good checkpoint %s (step %d)", error, older, trainer.step)
+        return extra
+    raise error
 
 
 def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
@@ -57,6 +75,8 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
                               {**node, "num_parameters": str(trainer.model.num_parameters())})
     best_fid = float(extra.get("best_fid", float("inf")))
     evaluator = Evaluator(cfg, trainer.device)
+    weights = evaluator.features.weights
+    run.set_tags({"inception_weights": str(weights.path), "inception_weights_sha256": weights.sha256})
     every = cfg.eval.every_steps
     try:
         while trainer.step < cfg.train.max_steps:

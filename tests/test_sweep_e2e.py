@@ -18,7 +18,7 @@ SIX = ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout",
 def smoke_sweep(tmp_path_factory):
     require(FID_WEIGHTS, "FID Inception weights")
     work = tmp_path_factory.mktemp("smoke")
-    env = {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS), "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)}
     cmd = [sys.executable, "-m", "sweep.launch", str(REPO / "search_spaces" / "smoke.yaml"),
            "--storage-path", str(work / "ray_results"),
            "--set", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",

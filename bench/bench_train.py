@@ -1,0 +1,203 @@
+"""Training-step throughput: our UNet + ``diffusion_loss`` vs diffusers' ``UNet2DModel`` of the same size.
+
+One step = noise the batch at random t, predict eps, MSE, backward, clip grad-norm 1.0, AdamW step
+(the model part of ``Trainer.train_step``; data loading, EMA and RNG draws are left out of both).
+Both models see the same x_0, t and eps and use the same optimizer settings; bf16 autocast on CUDA
+(as the trainer does), fp32 on CPU. diffusers' side is its own training recipe
+(``DDPMScheduler.add_noise`` + ``unet(x_t, t).sample`` + MSE, as in its train_unconditional example).
+Repetitions of ``--steps`` steps are interleaved ours/theirs (order rotated) and the median is reported.
+
+    python -m bench.bench_train --preset cpu --out bench_train.json
+    python -m bench.bench_train --preset cifar --device cuda --out bench_train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from bench._common import (
+    build_diffusers,
+    build_ours,
+    count_flops,
+    device_name,
+    diffusers_config,
+    interleaved,
+    median,
+    num_params,
+    op_profile,
+    paired_ratios,
+    peak_bf16_flops,
+    resolve_device,
+    resolve_preset,
+    spread,
+    sync,
+)
+from diffusion_core.objectives import diffusion_loss
+from diffusion_core.schedules import NoiseSchedule
+
+LR, WEIGHT_DECAY, GRAD_CLIP, TIMESTEPS = 2e-4, 0.0, 1.0, 1000  # TrainConfig / DiffusionConfig defaults
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--preset", default="auto", choices=("auto", "cpu", "cifar"),
+                   help="model/batch size: cifar (GPU-sized), cpu (small); auto = cifar on CUDA else cpu")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--channels", type=int, default=None, choices=(1, 3))
+    p.add_argument("--steps", type=int, default=None, help="timed steps per repetition (default 20 GPU, 1 CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 7 GPU, 15 CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per model (default 10 GPU, 2 CPU)")
+    p.add_argument("--peak-flops", type=float, default=None, help="override the peak bf16 FLOP/s used for MFU")
+    p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = p.parse_args()
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    steps = args.steps or (20 if cuda else 1)
+    repeats = args.repeats or (7 if cuda else 15)
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    preset = resolve_preset(args.preset, device, {"batch_size": args.batch_size, "image_size": args.image_size,
+                                                  "channels": args.channels})
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cuda)
+
+    torch.manual_seed(0)
+    ours = build_ours(preset).to(device).train()
+    torch.manual_seed(0)
+    theirs = build_diffusers(preset).to(device).train()
+    n_ours, n_theirs = num_params(ours), num_params(theirs)
+    print(f"parameters: ours {n_ours:,}  diffusers UNet2DModel {n_theirs:,}  ratio {n_theirs / n_ours:.4f}")
+    assert abs(n_theirs / n_ours - 1) <= 0.10, "diffusers model is not within +-10% of our parameter count"
+
+    from diffusers import DDPMScheduler
+
+    schedule = NoiseSchedule.create("linear", TIMESTEPS).to(device)
+    ddpm = DDPMScheduler(num_train_timesteps=TIMESTEPS, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=cuda)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=cuda)
+
+    gen = torch.Generator(device).manual_seed(0)
+    shape = (preset.batch_size, preset.channels, preset.image_size, preset.image_size)
+    x_0 = torch.rand(shape, generator=gen, device=device) * 2 - 1
+    noise = [(torch.randint(0, TIMESTEPS, (shape[0],), generator=gen, device=device),
+              torch.randn(shape, generator=gen, device=device)) for _ in range(steps)]
+
+    def loss_ours(t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(**amp):
+            return diffusion_loss(ours, schedule, x_0, t, eps, "eps")
+
+    def loss_theirs(t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        x_t = ddpm.add_noise(x_0, eps, t)
+        with torch.autocast(**amp):
+            pred = theirs(x_t, t).sample
+            return F.mse_loss(pred.float(), eps.float())
+
+    def step(model, opt, loss_fn, t, eps) -> None:
+        loss = loss_fn(t, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+
+    def run_ours() -> None:
+        for t, eps in noise:
+            step(ours, opt_ours, loss_ours, t, eps)
+
+    def run_theirs() -> None:
+        for t, eps in noise:
+            step(theirs, opt_theirs, loss_theirs, t, eps)
+
+    # FLOPs of one forward + backward (the optimizer's elementwise work is not counted).
+    flops_ours = count_flops(lambda: loss_ours(*noise[0]).backward())
+    flops_theirs = count_flops(lambda: loss_theirs(*noise[0]).backward())
+    ours.zero_grad(set_to_none=True)
+    theirs.zero_grad(set_to_none=True)
+
+    for i in range(warmup):  # lazy init, cuDNN autotuning, allocator warm-up
+        step(ours, opt_ours, loss_ours, *noise[i % steps])
+        step(theirs, opt_theirs, loss_theirs, *noise[i % steps])
+    sync(device)
+    # Where the time goes: one profiled training step of each (after warm-up, before timing).
+    prof_ours = op_profile(lambda: step(ours, opt_ours, loss_ours, *noise[0]), device)
+    prof_theirs = op_profile(lambda: step(theirs, opt_theirs, loss_theirs, *noise[0]), device)
+
+    times = interleaved({"ours": run_ours, "diffusers": run_theirs}, repeats, device)
+    imgs = preset.batch_size * steps
+    ips = {k: [imgs / s for s in v] for k, v in times.items()}
+    med = {k: median(v) for k, v in ips.items()}
+    peak, peak_key = (args.peak_flops, "--peak-flops") if args.peak_flops else peak_bf16_flops(device)
+
+    def achieved(flops_per_step: int, img_per_s: float) -> float:
+        return flops_per_step * img_per_s / preset.batch_size
+
+    result = {
+        "benchmark": "train",
+        "device": device_name(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "precision": "bf16 autocast" if cuda else "fp32",
+        "preset": args.preset,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(preset).items()},
+        "diffusers_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in diffusers_config(preset).items()},
+        "params_ours": n_ours,
+        "params_diffusers": n_theirs,
+        "steps_per_repeat": steps,
+        "repeats": repeats,
+        "warmup_steps": warmup,
+        "ours_img_per_s": med["ours"],
+        "diffusers_img_per_s": med["diffusers"],
+        "ours_img_per_s_all": ips["ours"],
+        "diffusers_img_per_s_all": ips["diffusers"],
+        "ours_spread": spread(ips["ours"]),
+        "diffusers_spread": spread(ips["diffusers"]),
+        "ratio": med["ours"] / med["diffusers"],
+        "paired_ratios": paired_ratios(ips["ours"], ips["diffusers"]),
+        "paired_ratio_median": median(paired_ratios(ips["ours"], ips["diffusers"])),
+        "flops_per_step_ours": flops_ours,
+        "flops_per_step_diffusers": flops_theirs,
+        "achieved_flops_ours": achieved(flops_ours, med["ours"]),
+        "achieved_flops_diffusers": achieved(flops_theirs, med["diffusers"]),
+        "peak_flops": peak,
+        "peak_source": peak_key,
+        "mfu_ours": achieved(flops_ours, med["ours"]) / peak if peak else None,
+        "mfu_diffusers": achieved(flops_theirs, med["diffusers"]) / peak if peak else None,
+        "profile_ours": prof_ours,
+        "profile_diffusers": prof_theirs,
+        "torch": torch.__version__,
+    }
+
+    def mfu(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    for name, prof in (("ours", prof_ours), ("diffusers", prof_theirs)):
+        fallback = " (math fallback)" if prof["attention_math_fallback"] else ""
+        print(f"{name}: attention kernels {prof['attention_kernels']}{fallback}; top ops by {prof['time_kind']}: "
+              + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in prof["top_ops"][:5]))
+    pr = result["paired_ratios"]
+    print(f"paired ours/diffusers ratios per repetition: {', '.join(f'{r:.2f}' for r in pr)}")
+    print("| device | batch | ours img/s | diffusers img/s | ratio | GFLOP/step ours / diffusers | MFU ours / diffusers |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {result['device']} | {preset.batch_size} | {med['ours']:.1f} | {med['diffusers']:.1f} | "
+          f"{result['ratio']:.2f}x | {flops_ours / 1e9:.1f} / {flops_theirs / 1e9:.1f} | "
+          f"{mfu(result['mfu_ours'])} / {mfu(result['mfu_diffusers'])} |")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
