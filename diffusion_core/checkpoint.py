@@ -1,10 +1,11 @@
-"""Atomic, safely loadable checkpoint files."""
+"""Atomic file writes and safely loadable checkpoint files."""
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -13,14 +14,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names the file."""
 
 
-def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write through ``write`` into a temporary file in the same folder, fsync, then rename:
+    readers (other trials included) never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -28,6 +30,11 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
+    """torch.save, atomically."""
+    return write_atomic(path, lambda handle: torch.save(state, handle))
 
 
 def load_safe(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -10,8 +10,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import warnings
 import zipfile
@@ -27,6 +25,7 @@ import torch
 from pytorch_fid import inception as pfi
 from scipy import linalg
 
+from diffusion_core.checkpoint import write_atomic
 from diffusion_core.inception_weights import InceptionWeights, fid_inception_skeleton, resolve_inception_weights
 
 log = logging.getLogger(__name__)
@@ -247,16 +246,7 @@ class ReferenceCache:
 
     @staticmethod
     def _save(path: Path, stats: ReferenceStats) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, mu=stats.mu, sigma=stats.sigma, features=stats.features, key=_canonical(stats.key))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma, features=stats.features, key=_canonical(stats.key)))
 
 
 def fid_kid(sample_features: np.ndarray, reference: ReferenceStats, kid_subset_size: int = 1000) -> dict[str, float]:

@@ -66,6 +66,13 @@ class TrialRun:
         self.client, self.run_id = client, run_id
 
     @classmethod
+    def find(cls, client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str) -> TrialRun | None:
+        """The child run already made for this trial (a trial restarted before its first checkpoint)."""
+        runs = retrying(lambda: client.search_runs(
+            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1))
+        return cls(client, runs[0].info.run_id) if runs else None
+
+    @classmethod
     def create(cls, client: MlflowClient, experiment_id: str, parent_run_id: str, name: str, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> TrialRun:
         run_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name, TRIAL_TAG: trial_id, STATUS_TAG: "running", **tags}
         run = retrying(lambda: client.create_run(experiment_id, tags=run_tags, run_name=name))
@@ -92,6 +99,11 @@ class TrialRun:
 
     def log_file(self, path: Path, artifact_path: str) -> None:
         retrying(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def reopen(self, tags: dict[str, str]) -> None:
+        """Continue this run after a restart: status RUNNING again, with the given tags."""
+        self.set_tags({STATUS_TAG: "running", **tags})
+        retrying(lambda: self.client.update_run(self.run_id, status="RUNNING"))
 
     def finish(self, status: str, label: str, reason: str | None = None) -> None:
         """status: FINISHED / KILLED / FAILED; label: completed / pruned / failed (the status tag)."""

@@ -67,9 +67,9 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
     extra = _restore(trainer) or {}
     client = MlflowClient(tracking_uri)
     node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
-    if "mlflow_run_id" in extra:
-        run = TrialRun(client, extra["mlflow_run_id"])
-        run.set_tags({**node, "diffusion_sweep.status": "running", "restored_at_step": str(trainer.step)})
+    run = TrialRun(client, extra["mlflow_run_id"]) if "mlflow_run_id" in extra else TrialRun.find(client, experiment_id, parent_run_id, context.get_trial_id())
+    if run is not None:
+        run.reopen({**node, "restored_at_step": str(trainer.step)})
     else:
         run = TrialRun.create(client, experiment_id, parent_run_id, context.get_trial_name(), context.get_trial_id(), config,
                               {**node, "num_parameters": str(trainer.model.num_parameters())})

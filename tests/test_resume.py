@@ -1,0 +1,69 @@
+"""Driver killed mid-sweep (SIGKILL), then `--resume`: the sweep finishes, unfinished trials continue
+from their checkpoints, and MLflow ends with exactly one child run per trial and none left RUNNING."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from helpers import FID_WEIGHTS, require
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _launch(tmp_path, *extra):
+    env = {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)}
+    cmd = [sys.executable, "-m", "sweep.launch", str(REPO / "search_spaces" / "smoke.yaml"),
+           "--storage-path", str(tmp_path / "ray_results"), "--set", "name=resumed",
+           "--set", "sweep.num_trials=3", "--set", "sweep.scheduler.grace_period=300",
+           "--set", "eval.num_samples=32", "--set", "eval.reference_images=128",
+           "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+           "--set", f"eval.cache_dir={tmp_path / 'fid_cache'}", *extra]
+    return cmd, env
+
+
+def _checkpoints(tmp_path):
+    return list((tmp_path / "ray_results" / "resumed").glob("run_trial_*/checkpoint_*"))
+
+
+def test_sigkill_driver_then_resume_finishes_without_losing_or_duplicating(tmp_path):
+    require(FID_WEIGHTS, "FID Inception weights")
+    cmd, env = _launch(tmp_path)
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while not _checkpoints(tmp_path):
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        assert time.time() < deadline, "no checkpoint within 15 minutes"
+        time.sleep(1)
+    time.sleep(3)  # let the driver record the result in its experiment state
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    time.sleep(5)
+
+    proc = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    trial_dirs = [p for p in (tmp_path / "ray_results" / "resumed").iterdir() if p.name.startswith("run_trial_")]
+    assert len(trial_dirs) == 3
+    for folder in trial_dirs:
+        steps = [json.loads(line)["step"] for line in (folder / "result.json").read_text().splitlines()]
+        assert steps[-1] == 300
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("resumed")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags["diffusion_sweep.trial_id"] for c in children]
+    assert len(children) == 3 and len(set(trial_ids)) == 3, trial_ids
+    assert all(c.info.status == "FINISHED" and c.data.tags["diffusion_sweep.status"] == "completed" for c in children)
+    restored = [int(c.data.tags.get("restored_at_step", 0)) for c in children]
+    assert max(restored) >= 100, f"no trial continued from a checkpoint: {restored}"
+    for child in children:
+        steps = sorted({m.step for m in client.get_metric_history(child.info.run_id, "fid")})
+        assert steps == [100, 200, 300]
