@@ -68,12 +68,15 @@ class Evaluator:
         return self._reference
 
     def _load_reference(self) -> ReferenceStats:
+        """Cached statistics of ``eval.reference_images`` real images; the dataset is only read on a miss."""
         e = self.cfg.eval
-        data = load_images(self.cfg.data.model_copy(update={"subset": None}), train=e.reference_split == "train")
-        count = min(e.reference_images, len(data))
-        chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:count]
-        cache = ReferenceCache(e.cache_dir)
-        return cache.get(reference_key(self.cfg, count), lambda: to_unit_range(data.images[chosen]), self.features)
+
+        def images() -> Tensor:
+            data = load_images(self.cfg.data.model_copy(update={"subset": None}), train=e.reference_split == "train")
+            chosen = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: e.reference_images]
+            return to_unit_range(data.images[chosen])
+
+        return ReferenceCache(e.cache_dir).get(reference_key(self.cfg, e.reference_images), images, self.features)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, schedule: NoiseSchedule) -> Tensor:

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torchvision.io import write_png
+from PIL import Image
+from torch import Tensor
 
 from diffusion_core.checkpoint import CheckpointError
 from diffusion_core.config import ConfigError, RunConfig, apply_overrides, parse_run_config, read_yaml
@@ -26,11 +27,28 @@ from diffusion_core.trainer import DivergenceError, Trainer
 SWEEP_ONLY_SECTIONS = ("sweep", "tracking")
 
 
+SEARCH_KEYS = {"choice", "uniform", "loguniform", "int"}
+
+
+def _refuse_search_dimensions(raw: dict, source: str, prefix: str = "") -> None:
+    for key, value in raw.items():
+        if isinstance(value, dict) and SEARCH_KEYS & set(value):
+            raise ConfigError(f"{source}: {prefix}{key}: a search dimension; a single run needs a fixed value "
+                              "(sweep it with python -m sweep.launch)")
+        if isinstance(value, dict):
+            _refuse_search_dimensions(value, source, f"{prefix}{key}.")
+
+
 def load_config(path: str, overrides: list[str]) -> RunConfig:
     raw = apply_overrides(read_yaml(path), overrides)
     for section in SWEEP_ONLY_SECTIONS:
         raw.pop(section, None)
+    _refuse_search_dimensions(raw, path)
     return parse_run_config(raw, path)
+
+
+def save_png(grid: Tensor, path: Path) -> None:
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
 def run(cfg: RunConfig) -> dict[str, float]:
@@ -38,15 +56,14 @@ def run(cfg: RunConfig) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
     last = out / "checkpoint_last.pt"
+    best: dict[str, float] = {"fid": float("inf")}
     if last.exists():
-        trainer.load_checkpoint(last)
+        best = trainer.load_checkpoint(last).get("best", best)
         print(f"continuing {last} at step {trainer.step}")
     evaluator = Evaluator(cfg, trainer.device)
     print(f"model: {trainer.model.num_parameters():,} parameters on {trainer.device}; {evaluator.features.describe()}")
-    best = {"fid": float("inf")}
-    metrics_log = (out / "metrics.jsonl").open("a")
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn())
-    with Progress(*columns) as progress:
+    with Progress(*columns) as progress, (out / "metrics.jsonl").open("a") as metrics_log:
         task = progress.add_task("training", total=cfg.train.max_steps, completed=trainer.step, status="")
         while trainer.step < cfg.train.max_steps:
             target = min(cfg.train.max_steps, (trainer.step // cfg.eval.every_steps + 1) * cfg.eval.every_steps)
@@ -56,13 +73,16 @@ def run(cfg: RunConfig) -> dict[str, float]:
             record = {"step": trainer.step, "loss": sum(losses) / len(losses), **result.metrics()}
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
-            write_png(result.grid, str(out / f"samples_{trainer.step:07d}.png"))
-            trainer.save_checkpoint(last)
+            save_png(result.grid, out / f"samples_{trainer.step:07d}.png")
             if result.fid < best["fid"]:
                 best = record
-                trainer.save_checkpoint(out / "checkpoint_best.pt")
+                trainer.save_checkpoint(out / "checkpoint_best.pt", extra={"best": best})
+            trainer.save_checkpoint(last, extra={"best": best})
             progress.update(task, status=f"loss {record['loss']:.4f} FID {result.fid:.2f} KID {result.kid:.4f}")
-    print(f"done: best FID {best['fid']:.2f} at step {best.get('step')}; results in {out}")
+    if "step" in best:
+        print(f"done: best FID {best['fid']:.2f} at step {best['step']}; results in {out}")
+    else:
+        print(f"nothing to do: already at step {trainer.step} of train.max_steps {cfg.train.max_steps}; results in {out}")
     return best
 
 

@@ -39,7 +39,13 @@ def test_sigkill_driver_then_resume_finishes_without_losing_or_duplicating(tmp_p
         assert driver.poll() is None, "the sweep ended before it could be interrupted"
         assert time.time() < deadline, "no checkpoint within 15 minutes"
         time.sleep(1)
-    time.sleep(3)  # let the driver record the result in its experiment state
+    # Kill only once the driver has saved its experiment state after that checkpoint (it does so at
+    # most every 10 s): what a resume can continue from is what the driver had recorded.
+    first = min(p.stat().st_mtime for p in _checkpoints(tmp_path))
+    state_files = lambda: list((tmp_path / "ray_results" / "resumed").glob("experiment_state-*.json"))
+    while not any(p.stat().st_mtime > first + 1 for p in state_files()):
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.5)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     time.sleep(5)
