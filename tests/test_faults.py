@@ -1,0 +1,72 @@
+"""Four trials at once sharing one FID reference cache and one SQLite MLflow store, one of whose
+processes is killed mid-training: Tune restarts it from its latest checkpoint, nothing is corrupted."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from helpers import FID_WEIGHTS, require
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _trial_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc.train"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_killed_trial_process_restarts_from_checkpoint_with_four_concurrent_trials(tmp_path):
+    require(FID_WEIGHTS, "FID Inception weights")
+    env = {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)}
+    store = tmp_path / "mlflow.db"
+    cmd = [sys.executable, "-m", "sweep.launch", str(REPO / "search_spaces" / "smoke.yaml"),
+           "--storage-path", str(tmp_path / "ray_results"), "--set", "name=faults",
+           "--set", "sweep.num_trials=4", "--set", "sweep.max_concurrent=4",
+           "--set", "sweep.resources_per_trial.cpu=0.5", "--set", "sweep.scheduler.grace_period=300",
+           "--set", "sweep.max_failures=2", "--set", "eval.num_samples=32", "--set", "eval.reference_images=128",
+           "--set", f"tracking.tracking_uri=sqlite:///{store}", "--set", f"eval.cache_dir={tmp_path / 'fid_cache'}"]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    experiment = tmp_path / "ray_results" / "faults"
+    deadline = time.time() + 900
+    while not list(experiment.glob("run_trial_*/checkpoint_000000")):
+        assert driver.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.5)
+    victim_dir = next(experiment.glob("run_trial_*/checkpoint_000000")).parent
+    victim_trial = victim_dir.name.split("_")[2]
+    pids = _trial_pids()
+    assert len(pids) >= 2
+    # Tune runs each trial in a working folder named like its results folder
+    victim = next(p for p in pids if _cwd_name(p) == victim_dir.name)
+    os.kill(victim, signal.SIGKILL)
+    output, _ = driver.communicate(timeout=1500)
+    assert driver.returncode == 0, output[-4000:]
+
+    for folder in experiment.glob("run_trial_*"):
+        steps = [json.loads(line)["step"] for line in (folder / "result.json").read_text().splitlines()]
+        assert steps[-1] == 300, (folder.name, steps)
+
+    client = MlflowClient(f"sqlite:///{store}")
+    exp = client.get_experiment_by_name("faults")
+    children = [r for r in client.search_runs([exp.experiment_id], max_results=100) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4 and len({c.data.tags["diffusion_sweep.trial_id"] for c in children}) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
+    killed = next(c for c in children if c.data.tags["diffusion_sweep.trial_id"] == victim_trial)
+    assert int(killed.data.tags["restored_at_step"]) >= 100, "the killed trial restarted from scratch"
+    assert sorted({m.step for m in client.get_metric_history(killed.info.run_id, "fid")}) == [100, 200, 300]
+
+    assert sqlite3.connect(store).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    caches = list((tmp_path / "fid_cache").glob("ref-*.npz"))
+    assert len(caches) == 1
+
+
+def _cwd_name(pid: int) -> str:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).name
+    except OSError:
+        return ""
