@@ -75,7 +75,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, height, width = x.shape
         qkv = self.qkv(self.norm(x).reshape(b, c, -1))
-        q, k, v = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, -1).transpose(-1, -2).unbind(1)
+        q, k, v = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, -1).transpose(-1, -2).contiguous().unbind(1)  # contiguous: fused SDPA kernels need it
         h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(-1, -2).reshape(b, c, -1)
         return x + self.proj(h).reshape(b, c, height, width)
