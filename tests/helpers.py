@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from diffusion_core.config import RunConfig
 
@@ -34,3 +36,31 @@ def tiny_config(**sections) -> RunConfig:
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
     return RunConfig.model_validate(raw)
+
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_SPACE = REPO / "search_spaces" / "smoke.yaml"
+
+
+def smoke_sweep_command(tmp_path: Path, *assignments: str) -> tuple[list[str], dict[str, str]]:
+    """`python -m sweep.launch smoke.yaml` isolated in ``tmp_path`` (its own Ray results, MLflow store
+    and FID cache), with ``key=value`` overrides; returns the command and its environment."""
+    require(FID_WEIGHTS, "FID Inception weights")
+    cmd = [sys.executable, "-m", "sweep.launch", str(SMOKE_SPACE), "--storage-path", str(tmp_path / "ray_results"),
+           "--set", f"tracking.tracking_uri={store_uri(tmp_path)}", "--set", f"eval.cache_dir={tmp_path / 'fid_cache'}"]
+    for assignment in assignments:
+        cmd += ["--set", assignment]
+    return cmd, {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)}
+
+
+def store_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def sweep_runs(tmp_path: Path, experiment: str) -> tuple[MlflowClient, list, list]:
+    """The MLflow client of a sweep run by ``smoke_sweep_command``, its parent runs and its child runs."""
+    client = MlflowClient(store_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children

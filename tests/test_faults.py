@@ -5,15 +5,10 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
-from helpers import FID_WEIGHTS, require
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import smoke_sweep_command, sweep_runs
 
 
 def _trial_pids() -> list[int]:
@@ -22,15 +17,9 @@ def _trial_pids() -> list[int]:
 
 
 def test_killed_trial_process_restarts_from_checkpoint_with_four_concurrent_trials(tmp_path):
-    require(FID_WEIGHTS, "FID Inception weights")
-    env = {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)}
-    store = tmp_path / "mlflow.db"
-    cmd = [sys.executable, "-m", "sweep.launch", str(REPO / "search_spaces" / "smoke.yaml"),
-           "--storage-path", str(tmp_path / "ray_results"), "--set", "name=faults",
-           "--set", "sweep.num_trials=4", "--set", "sweep.max_concurrent=4",
-           "--set", "sweep.resources_per_trial.cpu=0.5", "--set", "sweep.scheduler.grace_period=300",
-           "--set", "sweep.max_failures=2", "--set", "eval.num_samples=32", "--set", "eval.reference_images=128",
-           "--set", f"tracking.tracking_uri=sqlite:///{store}", "--set", f"eval.cache_dir={tmp_path / 'fid_cache'}"]
+    cmd, env = smoke_sweep_command(
+        tmp_path, "name=faults", "sweep.num_trials=4", "sweep.max_concurrent=4", "sweep.resources_per_trial.cpu=0.5",
+        "sweep.scheduler.grace_period=300", "sweep.max_failures=2", "eval.num_samples=32", "eval.reference_images=128")
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     experiment = tmp_path / "ray_results" / "faults"
     deadline = time.time() + 900
@@ -51,16 +40,14 @@ def test_killed_trial_process_restarts_from_checkpoint_with_four_concurrent_tria
         steps = [json.loads(line)["step"] for line in (folder / "result.json").read_text().splitlines()]
         assert steps[-1] == 300, (folder.name, steps)
 
-    client = MlflowClient(f"sqlite:///{store}")
-    exp = client.get_experiment_by_name("faults")
-    children = [r for r in client.search_runs([exp.experiment_id], max_results=100) if "mlflow.parentRunId" in r.data.tags]
+    client, _, children = sweep_runs(tmp_path, "faults")
     assert len(children) == 4 and len({c.data.tags["diffusion_sweep.trial_id"] for c in children}) == 4
     assert all(c.info.status == "FINISHED" for c in children)
     killed = next(c for c in children if c.data.tags["diffusion_sweep.trial_id"] == victim_trial)
     assert int(killed.data.tags["restored_at_step"]) >= 100, "the killed trial restarted from scratch"
     assert sorted({m.step for m in client.get_metric_history(killed.info.run_id, "fid")}) == [100, 200, 300]
 
-    assert sqlite3.connect(store).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert sqlite3.connect(tmp_path / "mlflow.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
     caches = list((tmp_path / "fid_cache").glob("ref-*.npz"))
     assert len(caches) == 1
 

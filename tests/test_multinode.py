@@ -1,17 +1,11 @@
 """The smoke sweep against a two-node Ray cluster started on this machine with `--address`:
 trials run on more than one node and every trial's MLflow child run lands in the one store."""
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from helpers import FID_WEIGHTS, require
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import smoke_sweep_command, sweep_runs
 
 
 @pytest.fixture
@@ -26,21 +20,13 @@ def two_node_cluster():
 
 
 def test_sweep_spreads_over_two_nodes_into_one_mlflow_store(two_node_cluster, tmp_path):
-    require(FID_WEIGHTS, "FID Inception weights")
-    env = {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)}
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "sweep.launch", str(REPO / "search_spaces" / "smoke.yaml"),
-           "--address", two_node_cluster.address, "--storage-path", str(tmp_path / "ray_results"),
-           "--set", "name=multinode", "--set", "sweep.num_trials=4", "--set", "train.max_steps=200",
-           "--set", "eval.num_samples=32", "--set", "eval.reference_images=128",
-           "--set", f"tracking.tracking_uri={store}", "--set", f"eval.cache_dir={tmp_path / 'fid_cache'}"]
+    cmd, env = smoke_sweep_command(tmp_path, "name=multinode", "sweep.num_trials=4", "train.max_steps=200",
+                                   "eval.num_samples=32", "eval.reference_images=128")
+    cmd += ["--address", two_node_cluster.address]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    client = MlflowClient(store)
-    experiment = client.get_experiment_by_name("multinode")
-    children = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''", max_results=100)
-    children = [c for c in children if "mlflow.parentRunId" in c.data.tags]
+    client, _, children = sweep_runs(tmp_path, "multinode")
     assert len(children) == 4
     nodes = {c.data.tags["node_id"] for c in children}
     assert len(nodes) == 2, f"all trials ran on {nodes}"

@@ -1,29 +1,11 @@
 """Driver killed mid-sweep (SIGKILL), then `--resume`: the sweep finishes, unfinished trials continue
 from their checkpoints, and MLflow ends with exactly one child run per trial and none left RUNNING."""
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
-from helpers import FID_WEIGHTS, require
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _launch(tmp_path, *extra):
-    env = {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)}
-    cmd = [sys.executable, "-m", "sweep.launch", str(REPO / "search_spaces" / "smoke.yaml"),
-           "--storage-path", str(tmp_path / "ray_results"), "--set", "name=resumed",
-           "--set", "sweep.num_trials=3", "--set", "sweep.scheduler.grace_period=300",
-           "--set", "eval.num_samples=32", "--set", "eval.reference_images=128",
-           "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-           "--set", f"eval.cache_dir={tmp_path / 'fid_cache'}", *extra]
-    return cmd, env
+from helpers import smoke_sweep_command, sweep_runs
 
 
 def _checkpoints(tmp_path):
@@ -31,8 +13,8 @@ def _checkpoints(tmp_path):
 
 
 def test_sigkill_driver_then_resume_finishes_without_losing_or_duplicating(tmp_path):
-    require(FID_WEIGHTS, "FID Inception weights")
-    cmd, env = _launch(tmp_path)
+    cmd, env = smoke_sweep_command(tmp_path, "name=resumed", "sweep.num_trials=3", "sweep.scheduler.grace_period=300",
+                                   "eval.num_samples=32", "eval.reference_images=128")
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
     while not _checkpoints(tmp_path):
@@ -59,11 +41,7 @@ def test_sigkill_driver_then_resume_finishes_without_losing_or_duplicating(tmp_p
         steps = [json.loads(line)["step"] for line in (folder / "result.json").read_text().splitlines()]
         assert steps[-1] == 300
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("resumed")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    client, parents, children = sweep_runs(tmp_path, "resumed")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trial_ids = [c.data.tags["diffusion_sweep.trial_id"] for c in children]
     assert len(children) == 3 and len(set(trial_ids)) == 3, trial_ids

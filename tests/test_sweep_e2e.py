@@ -1,28 +1,18 @@
 """The smoke sweep end to end on this CPU: Ray Tune + OptunaSearch + ASHA + MLflow, read back."""
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from helpers import FID_WEIGHTS, require
+from helpers import smoke_sweep_command, sweep_runs
 
-REPO = Path(__file__).resolve().parents[1]
 SIX = ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout", "model.num_heads", "train.ema_decay"]
 
 
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
-    require(FID_WEIGHTS, "FID Inception weights")
     work = tmp_path_factory.mktemp("smoke")
-    env = {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)}
-    cmd = [sys.executable, "-m", "sweep.launch", str(REPO / "search_spaces" / "smoke.yaml"),
-           "--storage-path", str(work / "ray_results"),
-           "--set", f"tracking.tracking_uri=sqlite:///{work / 'mlflow.db'}",
-           "--set", f"eval.cache_dir={work / 'fid_cache'}"]
+    cmd, env = smoke_sweep_command(work)
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc.stdout + proc.stderr
@@ -35,11 +25,7 @@ def test_summary_printed(smoke_sweep):
 
 def test_mlflow_has_one_child_run_per_trial_with_history_images_and_checkpoint(smoke_sweep):
     work, _ = smoke_sweep
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    client, parents, children = sweep_runs(work, "smoke")
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_fid"] > 0
