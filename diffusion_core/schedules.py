@@ -93,6 +93,32 @@ class NoiseSchedule:
         variance = self.posterior_variance
         return torch.log(torch.cat([variance[1:2], variance[1:]]))
 
+    @cached_property
+    def sqrt_alphas_cumprod(self) -> Tensor:
+        return self.alphas_cumprod.sqrt()
+
+    @cached_property
+    def sqrt_one_minus_alphas_cumprod(self) -> Tensor:
+        return (1.0 - self.alphas_cumprod).sqrt()
+
+    @cached_property
+    def sqrt_recip_alphas_cumprod(self) -> Tensor:
+        return self.alphas_cumprod.rsqrt()
+
+    @cached_property
+    def sqrt_recipm1_alphas_cumprod(self) -> Tensor:
+        return (1.0 / self.alphas_cumprod - 1.0).sqrt()
+
+    @cached_property
+    def posterior_mean_coef1(self) -> Tensor:
+        """Coefficient of x_0 in μ̃_t: √ᾱ_{t−1} β_t / (1 − ᾱ_t)."""
+        return self.betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+
+    @cached_property
+    def posterior_mean_coef2(self) -> Tensor:
+        """Coefficient of x_t in μ̃_t: √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)."""
+        return (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
+
     def respace(self, use_timesteps: list[int]) -> NoiseSchedule:
         """Schedule on a subsequence S of steps: β_i = 1 − ᾱ_{S_i}/ᾱ_{S_{i−1}} (improved DDPM §4)."""
         alphas_cumprod = self.alphas_cumprod[torch.tensor(sorted(use_timesteps), device=self.betas.device)]
@@ -101,26 +127,18 @@ class NoiseSchedule:
 
     def q_mean_variance(self, x_0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) (DDPM eq. 4)."""
-        alphas_cumprod = self.alphas_cumprod
-        return _gather(alphas_cumprod.sqrt(), t, x_0) * x_0, _gather(1.0 - alphas_cumprod, t, x_0)
+        return _gather(self.sqrt_alphas_cumprod, t, x_0) * x_0, _gather(1.0 - self.alphas_cumprod, t, x_0)
 
     def q_sample(self, x_0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
-        alphas_cumprod = self.alphas_cumprod
-        return (
-            _gather(alphas_cumprod.sqrt(), t, x_0) * x_0
-            + _gather((1.0 - alphas_cumprod).sqrt(), t, x_0) * noise
-        )
+        return _gather(self.sqrt_alphas_cumprod, t, x_0) * x_0 + _gather(self.sqrt_one_minus_alphas_cumprod, t, x_0) * noise
 
     def q_posterior(self, x_0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (DDPM eqs. 6-7): mean, variance, clipped log variance.
 
         μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t.
         """
-        alphas_cumprod, alphas_cumprod_prev = self.alphas_cumprod, self.alphas_cumprod_prev
-        coef_x0 = self.betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod)
-        coef_xt = (1.0 - alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - alphas_cumprod)
-        mean = _gather(coef_x0, t, x_t) * x_0 + _gather(coef_xt, t, x_t) * x_t
+        mean = _gather(self.posterior_mean_coef1, t, x_t) * x_0 + _gather(self.posterior_mean_coef2, t, x_t) * x_t
         return (
             mean,
             _gather(self.posterior_variance, t, x_t),
@@ -129,28 +147,16 @@ class NoiseSchedule:
 
     def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """x_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t."""
-        alphas_cumprod = self.alphas_cumprod
-        return _gather(alphas_cumprod.rsqrt(), t, x_t) * x_t - _gather(
-            (1.0 / alphas_cumprod - 1.0).sqrt(), t, x_t
-        ) * eps
+        return _gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
 
     def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x_0: Tensor) -> Tensor:
         """ε = (x_t − √ᾱ_t x_0) / √(1 − ᾱ_t)."""
-        alphas_cumprod = self.alphas_cumprod
-        return (x_t - _gather(alphas_cumprod.sqrt(), t, x_t) * x_0) / _gather(
-            (1.0 - alphas_cumprod).sqrt(), t, x_t
-        )
+        return (x_t - _gather(self.sqrt_alphas_cumprod, t, x_t) * x_0) / _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
 
     def velocity(self, x_0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho, 2022)."""
-        alphas_cumprod = self.alphas_cumprod
-        return _gather(alphas_cumprod.sqrt(), t, x_0) * eps - _gather(
-            (1.0 - alphas_cumprod).sqrt(), t, x_0
-        ) * x_0
+        return _gather(self.sqrt_alphas_cumprod, t, x_0) * eps - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_0) * x_0
 
     def predict_x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """x_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v."""
-        alphas_cumprod = self.alphas_cumprod
-        return _gather(alphas_cumprod.sqrt(), t, x_t) * x_t - _gather(
-            (1.0 - alphas_cumprod).sqrt(), t, x_t
-        ) * v
+        return _gather(self.sqrt_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v

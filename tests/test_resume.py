@@ -6,6 +6,7 @@ import subprocess
 import time
 
 from helpers import smoke_sweep_command, sweep_runs
+from sweep.runner import RungAwareOptunaSearch
 
 
 def _checkpoints(tmp_path):
@@ -51,3 +52,16 @@ def test_sigkill_driver_then_resume_finishes_without_losing_or_duplicating(tmp_p
     for child in children:
         steps = sorted({m.step for m in client.get_metric_history(child.info.run_id, "fid")})
         assert steps == [100, 200, 300]
+
+    # The Optuna history is kept: the study after the resume holds the trials asked before the kill.
+    states = sorted((tmp_path / "ray_results" / "resumed").glob("searcher-state-*.pkl"))
+    before, after = (_study_trials(states[0]), _study_trials(states[-1]))
+    assert len(states) == 2 and 1 <= len(before) < 3
+    assert [t.state.name for t in after] == ["COMPLETE"] * 3
+    assert [t.params for t in after[: len(before)]] == [t.params for t in before]
+
+
+def _study_trials(state_file):
+    searcher = RungAwareOptunaSearch(max_step=300)
+    searcher.restore(str(state_file))
+    return searcher._ot_study.get_trials(deepcopy=False)
