@@ -17,6 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
 from rich.table import Table
 
+from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator
 from sweep.config import SweepConfig
 from sweep.preflight import Checked
@@ -75,7 +76,7 @@ class MlflowStatusCallback(tune.Callback):
         self._settle(trial, error=True)
 
 
-def build_tuner(cfg: SweepConfig, checked: Checked, tracker: SweepTracker, resume: bool) -> tune.Tuner:
+def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracker: SweepTracker, resume: bool) -> tune.Tuner:
     resources = cfg.sweep.resources_per_trial
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=cfg, tracking_uri=tracker.tracking_uri,
@@ -84,8 +85,7 @@ def build_tuner(cfg: SweepConfig, checked: Checked, tracker: SweepTracker, resum
     )
     if resume:
         return tune.Tuner.restore(checked.experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-    max_steps = cfg.run_config({}).train.max_steps
-    every = cfg.run_config({}).eval.every_steps
+    max_steps, every = base.train.max_steps, base.eval.every_steps
     searcher = RungAwareOptunaSearch(
         space=make_space(cfg.dimensions), metric=METRIC, mode=MODE, max_step=max_steps,
         sampler=optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=cfg.sweep.n_startup_trials),
@@ -161,7 +161,7 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
         Evaluator(base, "cpu").reference  # noqa: B018 -- fills the shared on-disk cache
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     try:
-        results = build_tuner(cfg, checked, tracker, resume).fit()
+        results = build_tuner(cfg, base, checked, tracker, resume).fit()
     except KeyboardInterrupt:
         print(f"interrupted: continue with `python -m sweep.launch {cfg.source} --resume`", file=sys.stderr)
         raise
