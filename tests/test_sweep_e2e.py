@@ -1,21 +1,9 @@
 """The smoke sweep end to end on this CPU: Ray Tune + OptunaSearch + ASHA + MLflow, read back."""
 import json
-import subprocess
 
-import pytest
-
-from helpers import smoke_sweep_command, sweep_runs
+from helpers import sweep_runs
 
 SIX = ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout", "model.num_heads", "train.ema_decay"]
-
-
-@pytest.fixture(scope="module")
-def smoke_sweep(tmp_path_factory):
-    work = tmp_path_factory.mktemp("smoke")
-    cmd, env = smoke_sweep_command(work)
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work, proc.stdout + proc.stderr
 
 
 def test_summary_printed(smoke_sweep):
