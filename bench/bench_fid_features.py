@@ -58,6 +58,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-images", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--chunk", type=int, default=250, help="images per interleaved timing chunk")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=3, choices=(1, 3))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
@@ -76,8 +77,18 @@ def main() -> None:
     warm = min(args.batch_size, args.num_images)  # cuDNN autotuning, lazy init
     ours(images[:warm])
     pytorch_fid_activations(theirs, images01[:warm], args.batch_size, device)
-    feats_ours, t_ours = timed(lambda: ours(images), device)
-    feats_theirs, t_theirs = timed(lambda: pytorch_fid_activations(theirs, images01, args.batch_size, device), device)
+    # Interleaved chunks (ours, then pytorch-fid, on the same images): load drift on a shared machine
+    # hits both sides alike, and the per-chunk ratios show the noise level.
+    feats_ours, feats_theirs, t_ours, t_theirs, paired = [], [], 0.0, 0.0, []
+    for start in range(0, args.num_images, args.chunk):
+        chunk = slice(start, start + args.chunk)
+        f_ours, s_ours = timed(lambda: ours(images[chunk]), device)
+        f_theirs, s_theirs = timed(lambda: pytorch_fid_activations(theirs, images01[chunk], args.batch_size, device), device)
+        feats_ours.append(f_ours)
+        feats_theirs.append(f_theirs)
+        t_ours, t_theirs = t_ours + s_ours, t_theirs + s_theirs
+        paired.append(s_theirs / s_ours)
+    feats_ours, feats_theirs = np.concatenate(feats_ours), np.concatenate(feats_theirs)
 
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -87,6 +98,8 @@ def main() -> None:
         "ours_img_per_s": args.num_images / t_ours,
         "pytorch_fid_img_per_s": args.num_images / t_theirs,
         "ratio": t_theirs / t_ours,
+        "paired_ratios": paired,
+        "chunk": args.chunk,
         "max_abs_feature_diff": float(np.abs(feats_ours - feats_theirs).max()),
         "ours": ours.describe(),
         "pytorch_fid": theirs_desc,

@@ -36,17 +36,20 @@ def plan(quick: bool, cuda: bool, device: str) -> dict[str, tuple[str, list[str]
         train = ["--preset", "cifar"] + (["--steps", "10", "--repeats", "5"] if quick else [])
         sampling = ["--preset", "cifar", "--batch-size", "128"] + (["--repeats", "3"] if quick else [])
         fid = ["--num-images", "500" if quick else "2000", "--batch-size", "50"]
+        evaluation = ["--num-samples", "1000" if quick else "10000", "--reference-images", "1000" if quick else "10000"]
     else:
         # quick: cpu-preset network at half its batch, and 2-image sampling calls, so that a run fits in
         # minutes on a shared 2-core machine with enough repetitions to take a median over.
         train = ["--preset", "cpu"] + (["--batch-size", "8", "--steps", "1", "--repeats", "9", "--warmup", "1"] if quick else [])
         sampling = ["--preset", "cpu"] + (["--batch-size", "2", "--repeats", "5", "--no-floor"] if quick
                                           else ["--batch-size", "8", "--repeats", "5"])
-        fid = ["--num-images", "32" if quick else "200", "--batch-size", "16" if quick else "50"]
+        fid = ["--num-images", "32" if quick else "2000", "--batch-size", "16" if quick else "50"]
+        evaluation = ["--num-samples", "64" if quick else "10000", "--reference-images", "64" if quick else "2000"]
     return {
         "train": ("-m bench.bench_train", train + dev),
         "sampling": ("-m bench.bench_sampling", sampling + dev),
         "fid": ("bench/bench_fid_features.py", fid + dev),
+        "eval": ("-m bench.bench_eval", evaluation + dev),
     }
 
 
@@ -204,13 +207,41 @@ def section_fid(r: dict[str, Any], cmd: str) -> list[str]:
         "",
         "| | ours | pytorch-fid | ours/pytorch-fid | target | status |",
         "|---|---|---|---|---|---|",
-        f"| img/s ({r['num_images']} images, batch {r['batch_size']}, one timing each) | {r['ours_img_per_s']:.2f} | "
-        f"{r['pytorch_fid_img_per_s']:.2f} | **{r['ratio']:.2f}x** | >= {target}x | {status(r['ratio'], target)} |",
+        f"| img/s ({r['num_images']} images, batch {r['batch_size']}, interleaved chunks of {r['chunk']}) | "
+        f"{r['ours_img_per_s']:.2f} | {r['pytorch_fid_img_per_s']:.2f} | **{r['ratio']:.2f}x** | >= {target}x | "
+        f"{status(r['ratio'], target, r['paired_ratios'])} |",
         "",
         f"- Device: {r['device']}; images {r['image_shape']}, upsampled to 299x299 by both; max |feature diff| {r['max_abs_feature_diff']:.1e}.",
         f"- Ours: {r['ours']}.",
         f"- Peer: {r['pytorch_fid']}.",
-        "- One timing per side (no repetitions): on a shared CPU treat ratios within ~10% of 1.0 as noise.",
+        "- Per-chunk ratios ours/pytorch-fid (each pair adjacent in time): "
+        + ", ".join(f"{x:.2f}" for x in r["paired_ratios"]) + "; the headline ratio is total time over all chunks.",
+        "",
+        f"Reproduce: `{cmd}`",
+        "",
+    ]
+
+
+def section_eval(r: dict[str, Any], cmd: str) -> list[str]:
+    """Absolute cost of one rung's evaluation (no peer: it is the price ASHA pays per rung)."""
+    n = r["num_samples"]
+    return [
+        f"## The price of a rung: {n:,}-sample FID/KID evaluation",
+        "",
+        "| | wall s | CPU s (user+sys) | samples/s |",
+        "|---|---|---|---|",
+        f"| one-off reference statistics ({r['reference_images']:,} real images, then cached) | {r['reference_seconds']:.0f} | "
+        f"{r['reference_cpu_seconds']:.0f} | |",
+        f"| evaluation at a rung: generate {n:,} + Inception + FID/KID | {r['eval_seconds']:.0f} | {r['eval_cpu_seconds']:.0f} | "
+        f"{r['samples_per_s']:.2f} |",
+        f"| of which sampling ({r['sampler']}, batch {r['batch_size']}) | {r['sampling_seconds']:.0f} | | |",
+        "",
+        f"- Device: {r['device']}; {r['model_parameters']:,}-parameter U-Net on MNIST {r['image_shape']} (untrained: the time "
+        "does not depend on the weights). Peak resident memory of the whole process: "
+        f"**{r['peak_rss_mib']:,.0f} MiB** for N = {n:,} (features are kept as N x 2048 float64 = {n * 2048 * 8 / 2**20:,.0f} MiB).",
+        "- Wall time depends on what else the machine ran (see the load average above); CPU time divided by the thread count "
+        "is the unloaded estimate.",
+        f"- {r['weights']}.",
         "",
         f"Reproduce: `{cmd}`",
         "",
@@ -301,9 +332,14 @@ def write_report(out: Path, meta: dict[str, Any], results: dict[str, Any], error
             continue
         lines.append(f"| {label} | {r[k_ours]:.3g} | {r[k_peer]:.3g} ({peer}) | **{r['ratio']:.2f}x** | >= {TARGETS[name]}x | "
                      f"{status(r['ratio'], TARGETS[name], r.get('paired_ratios'))} |")
+    if "eval" in results:
+        r = results["eval"]
+        lines.append(f"| FID/KID evaluation of {r['num_samples']:,} samples, s | {r['eval_seconds']:.0f} wall, "
+                     f"{r['eval_cpu_seconds']:.0f} CPU | - | - | - | measured (no peer) |")
     lines.append("")
-    builders = {"train": section_train, "sampling": section_sampling, "fid": section_fid}
-    titles = {"train": "Training-step throughput", "sampling": "DDIM sampling throughput", "fid": "FID feature extraction"}
+    builders = {"train": section_train, "sampling": section_sampling, "fid": section_fid, "eval": section_eval}
+    titles = {"train": "Training-step throughput", "sampling": "DDIM sampling throughput", "fid": "FID feature extraction",
+              "eval": "The price of a rung: FID/KID evaluation"}
     for name, build in builders.items():
         if name in results:
             lines += build(results[name], commands[name])
@@ -319,7 +355,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--json-dir", type=Path, default=None, help="keep each benchmark's JSON here (default: a temporary folder)")
-    p.add_argument("--only", nargs="*", choices=tuple(TARGETS), default=None, help="run only these benchmarks")
+    p.add_argument("--reuse-json", action="store_true",
+                   help="take a benchmark's result from --json-dir when its JSON is already there (resume a long run)")
+    p.add_argument("--only", nargs="*", choices=(*TARGETS, "eval"), default=None, help="run only these benchmarks")
     args = p.parse_args()
 
     import torch
@@ -341,7 +379,12 @@ def main() -> None:
         if args.only and name not in args.only:
             errors[name] = "skipped (--only)"
             continue
-        result, error, seconds = run_one(launch, bench_args, json_dir / f"{name}.json", env)
+        json_path = json_dir / f"{name}.json"
+        if args.reuse_json and json_path.is_file():
+            results[name] = json.loads(json_path.read_text())
+            print(f"[{name}: reused {json_path}]", flush=True)
+            continue
+        result, error, seconds = run_one(launch, bench_args, json_path, env)
         print(f"[{name}: {seconds:.0f} s]", flush=True)
         if result is None:
             errors[name] = error
