@@ -96,11 +96,27 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(default=1.0, gt=0.0)
     ema_decay: float = Field(default=0.999, gt=0.0, lt=1.0)
     ema_warmup_steps: int = Field(default=0, ge=0)
+    ema_rates: list[float] = Field(default_factory=list, max_length=16,
+                                   description="extra EMA decays tracked in the same training (an EMA bank), each evaluated at every rung")
     max_steps: int = Field(default=1000, ge=1)
     checkpoint_every: int | None = Field(default=None, ge=1)
     label_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
     mixed_precision: bool = True
     seed: int = 0
+
+    @field_validator("ema_rates")
+    @classmethod
+    def _rates_in_unit_interval(cls, rates: list[float]) -> list[float]:
+        if any(not 0.0 < r < 1.0 for r in rates):
+            raise ValueError("every EMA rate must be in (0, 1), e.g. [0.999, 0.9999]")
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"duplicate EMA rates in {rates}")
+        return rates
+
+    @property
+    def all_ema_decays(self) -> list[float]:
+        """``ema_decay`` first, then the bank's other rates."""
+        return [self.ema_decay, *(r for r in self.ema_rates if r != self.ema_decay)]
 
 
 class EvalConfig(Section):

@@ -31,6 +31,30 @@ class EvalResult:
         return {"fid": self.fid, "kid": self.kid, "kid_std": self.kid_std, "eval_seconds": self.seconds}
 
 
+@dataclass
+class BankEvaluation:
+    """Every EMA of a bank evaluated at one rung on the same initial noises; the best one stands for the run."""
+
+    results: dict[float, EvalResult]
+
+    @property
+    def best_rate(self) -> float:
+        return min(self.results, key=lambda rate: self.results[rate].fid)
+
+    @property
+    def best(self) -> EvalResult:
+        return self.results[self.best_rate]
+
+    def metrics(self) -> dict[str, float]:
+        """The best EMA's fid/kid (what ASHA ranks on), its rate, the total evaluation time, and one
+        ``fid_ema_<rate>`` per rate when the bank holds more than one."""
+        out = {**self.best.metrics(), "ema_rate": self.best_rate,
+               "eval_seconds": sum(r.seconds for r in self.results.values())}
+        if len(self.results) > 1:
+            out.update({f"fid_ema_{rate:g}": r.fid for rate, r in self.results.items()})
+        return out
+
+
 def sampler_settings(cfg: RunConfig) -> SamplerSettings:
     e = cfg.eval
     steps = min(e.sampling_steps, cfg.diffusion.timesteps)
@@ -100,3 +124,8 @@ class Evaluator:
         seconds = time.perf_counter() - start
         log.info("evaluated %d samples in %.1fs: FID %.2f, KID %.4f", len(images), seconds, scores["fid"], scores["kid"])
         return EvalResult(scores["fid"], scores["kid"], scores["kid_std"], seconds, grid)
+
+
+def evaluate_bank(evaluator: Evaluator, models: dict[float, nn.Module], schedule: NoiseSchedule) -> BankEvaluation:
+    """FID/KID of each EMA model (keyed by decay rate): several EMA rates judged from one training."""
+    return BankEvaluation({rate: evaluator(model, schedule) for rate, model in models.items()})

@@ -20,7 +20,7 @@ from torch import Tensor
 from diffusion_core.checkpoint import CheckpointError
 from diffusion_core.config import ConfigError, RunConfig, apply_overrides, parse_run_config, read_yaml
 from diffusion_core.data import DatasetError
-from diffusion_core.evaluate import Evaluator
+from diffusion_core.evaluate import Evaluator, evaluate_bank
 from diffusion_core.inception_weights import InceptionWeightsError
 from diffusion_core.trainer import DivergenceError, Trainer
 
@@ -69,8 +69,9 @@ def run(cfg: RunConfig) -> dict[str, float]:
             target = min(cfg.train.max_steps, (trainer.step // cfg.eval.every_steps + 1) * cfg.eval.every_steps)
             losses = trainer.train_until(target)
             progress.update(task, completed=trainer.step, status=f"loss {losses[-1]:.4f} | evaluating")
-            result = evaluator(trainer.ema.shadow, trainer.schedule)
-            record = {"step": trainer.step, "loss": sum(losses) / len(losses), **result.metrics()}
+            bank = evaluate_bank(evaluator, trainer.emas.models(), trainer.schedule)
+            result = bank.best
+            record = {"step": trainer.step, "loss": sum(losses) / len(losses), **bank.metrics()}
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
             save_png(result.grid, out / f"samples_{trainer.step:07d}.png")
@@ -80,7 +81,7 @@ def run(cfg: RunConfig) -> dict[str, float]:
             trainer.save_checkpoint(last, extra={"best": best})
             progress.update(task, status=f"loss {record['loss']:.4f} FID {result.fid:.2f} KID {result.kid:.4f}")
     if "step" in best:
-        print(f"done: best FID {best['fid']:.2f} at step {best['step']}; results in {out}")
+        print(f"done: best FID {best['fid']:.2f} at step {best['step']} (EMA rate {best.get('ema_rate', cfg.train.ema_decay):g}); results in {out}")
     else:
         print(f"nothing to do: already at step {trainer.step} of train.max_steps {cfg.train.max_steps}; results in {out}")
     return best

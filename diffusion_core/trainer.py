@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffusion_core.checkpoint import load_safe, save_atomic
+from diffusion_core.checkpoint import CheckpointError, load_safe, save_atomic
 from diffusion_core.config import RunConfig
 from diffusion_core.data import BatchOrder, ImageData, load_images, to_unit_range
-from diffusion_core.ema import EMA
+from diffusion_core.ema import EMABank
 from diffusion_core.objectives import diffusion_loss, sample_timesteps
 from diffusion_core.schedules import NoiseSchedule
 from diffusion_core.unet import UNet
@@ -54,7 +54,8 @@ class Trainer:
         fits = data.images.numel() <= GPU_DATA_LIMIT_BYTES
         self.data = data.to(self.device) if fits else data
         self.model = build_model(cfg).to(self.device)
-        self.ema = EMA(self.model, train.ema_decay, train.ema_warmup_steps)
+        self.emas = EMABank(self.model, train.all_ema_decays, train.ema_warmup_steps)
+        self.ema = self.emas.emas[train.ema_decay]
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=self.device.type == "cuda"
         )
@@ -94,7 +95,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
         self.step += 1
-        self.ema.update(self.model, self.step)
+        self.emas.update(self.model, self.step)
         return loss.detach()
 
     def train_until(self, target_step: int, check_every: int | None = None) -> list[float]:
@@ -118,6 +119,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
+            "ema_bank": self.emas.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "config": self.cfg.model_dump_json(),
@@ -126,6 +128,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        if "ema_bank" in state:
+            self.emas.load_state_dict(state["ema_bank"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["cpu"])
@@ -139,5 +143,8 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Restore everything from ``path``; returns the checkpoint's ``extra`` mapping."""
         state = load_safe(path)
-        self.load_state_dict(state)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: does not match this run's configuration ({exc})") from None
         return state.get("extra", {})

@@ -10,11 +10,13 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from diffusion_core.config import ConfigError, RunConfig, Section, apply_overrides, error_line, read_yaml
+from diffusion_core.config import ConfigError, EvalConfig, RunConfig, Section, apply_overrides, error_line, read_yaml
 
 KINDS = ("choice", "uniform", "loguniform", "int")
 DIMENSION_KEYS = set(KINDS) | {"step", "log", "if"}
 RUN_SECTIONS = ("data", "model", "diffusion", "train", "eval")
+SAMPLING_KEYS = ("sampler", "sampling_steps", "eta", "guidance_weight", "clip", "threshold_percentile")
+SAMPLING_SETTINGS = ("trials", "num_samples", "seed")
 
 
 class SchedulerConfig(Section):
@@ -68,6 +70,16 @@ class Dimension(Section):
         return all(sampled.get(path) == value for path, value in self.condition.items())
 
 
+class SamplingSearch(Section):
+    """``eval.search``: sampling-time dimensions, searched on a trained checkpoint by a small Optuna study
+    at a trial's final rung (or by ``python -m sweep.tune_sampling``), never by training another model."""
+
+    trials: int = Field(default=8, ge=1, le=1000, description="sampling configurations tried per checkpoint")
+    num_samples: int | None = Field(default=None, ge=2, description="samples per configuration (default: eval.num_samples)")
+    seed: int = 0
+    dimensions: list[Dimension] = Field(default_factory=list)
+
+
 class SweepConfig(Section):
     name: str
     output_dir: str = "runs"
@@ -79,6 +91,7 @@ class SweepConfig(Section):
     sweep: SweepSection = Field(default_factory=SweepSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     dimensions: list[Dimension] = Field(default_factory=list, exclude=True)
+    sampling_search: SamplingSearch | None = Field(default=None, exclude=True)
     source: str = Field(default="<sweep>", exclude=True)
 
     @model_validator(mode="after")
@@ -94,6 +107,7 @@ class SweepConfig(Section):
     def base_raw(self) -> dict[str, Any]:
         """The run sections with every dimension replaced by its first candidate."""
         raw = {"name": self.name, "output_dir": self.output_dir, **{s: copy.deepcopy(getattr(self, s)) for s in RUN_SECTIONS}}
+        raw["eval"].pop("search", None)
         for dim in self.dimensions:
             set_path(raw, dim.path, dim.candidates()[0])
         return raw
@@ -188,6 +202,33 @@ def _order_dimensions(source: str, dims: list[Dimension]) -> list[Dimension]:
     return ordered
 
 
+def parse_sampling_search(source: str, spec: Any, training_dims: list[Dimension]) -> SamplingSearch:
+    """``eval.search``: settings (trials, num_samples, seed) and sampling dimensions keyed like ``eval``'s own keys;
+    a condition names another sampling dimension by its full path, e.g. ``if: {eval.sampler: ddim}``."""
+    if not isinstance(spec, dict):
+        raise _fail(source, "eval.search", f"expected a mapping of sampling dimensions, got {type(spec).__name__}")
+    settings = {k: v for k, v in spec.items() if k in SAMPLING_SETTINGS}
+    dims = []
+    for key, value in spec.items():
+        if key in SAMPLING_SETTINGS:
+            continue
+        if key not in SAMPLING_KEYS:
+            raise _fail(source, f"eval.search.{key}", f"unknown key; sampling dimensions are {', '.join(SAMPLING_KEYS)} "
+                        f"and settings {', '.join(SAMPLING_SETTINGS)}")
+        if not (isinstance(value, dict) and set(value) & set(KINDS)):
+            raise _fail(source, f"eval.search.{key}", f"expected a search dimension such as {{choice: [...]}}; a fixed value belongs in eval.{key}")
+        if any(d.path == f"eval.{key}" for d in training_dims):
+            raise _fail(source, f"eval.search.{key}", f"eval.{key} is already a training dimension; declare it in one place only")
+        dims.append(parse_dimension(source, f"eval.{key}", value))
+    if not dims:
+        raise _fail(source, "eval.search", f"declares no sampling dimension; add one of {', '.join(SAMPLING_KEYS)}")
+    try:
+        return SamplingSearch.model_validate({**settings, "dimensions": _order_dimensions(source, dims)})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _fail(source, "eval.search." + ".".join(str(p) for p in first["loc"]), first["msg"]) from None
+
+
 def _check_every_candidate(cfg: SweepConfig) -> None:
     """Validate the run config with each candidate of each dimension, so a bad value fails now, not in trial 37."""
     base = cfg.base_raw()
@@ -195,6 +236,15 @@ def _check_every_candidate(cfg: SweepConfig) -> None:
     for dim in cfg.dimensions:
         for value in dim.candidates():
             raw = copy.deepcopy(base)
+            for path, required in dim.condition.items():
+                set_path(raw, path, required)
+            set_path(raw, dim.path, value)
+            _validate_run(cfg.source, raw, (dim, value))
+    search = cfg.sampling_search
+    for dim in search.dimensions if search else []:
+        for value in dim.candidates():
+            raw = copy.deepcopy(base)
+            raw["eval"]["num_samples"] = search.num_samples or raw["eval"].get("num_samples", EvalConfig().num_samples)
             for path, required in dim.condition.items():
                 set_path(raw, path, required)
             set_path(raw, dim.path, value)
@@ -217,9 +267,12 @@ def parse_sweep(raw: dict[str, Any], source: str | Path = "<sweep>") -> SweepCon
     for section in RUN_SECTIONS:
         if section in raw and not isinstance(raw[section], dict):
             raise _fail(source, section, f"expected a mapping, got {type(raw[section]).__name__}")
-    dims = _order_dimensions(source, find_dimensions(source, {s: raw.get(s, {}) for s in RUN_SECTIONS}))
+    sections = {s: raw.get(s, {}) for s in RUN_SECTIONS}
+    sections["eval"] = {k: v for k, v in sections["eval"].items() if k != "search"}
+    dims = _order_dimensions(source, find_dimensions(source, sections))
+    search = parse_sampling_search(source, raw["eval"]["search"], dims) if "search" in raw.get("eval", {}) else None
     try:
-        cfg = SweepConfig.model_validate({**raw, "dimensions": dims, "source": source})
+        cfg = SweepConfig.model_validate({**raw, "dimensions": dims, "sampling_search": search, "source": source})
     except ValidationError as exc:
         raise ConfigError(error_line(source, exc)) from None
     _check_every_candidate(cfg)

@@ -14,7 +14,7 @@ import yaml
 from diffusion_core.config import ConfigError
 from diffusion_core.data import DatasetError
 from diffusion_core.inception_weights import InceptionWeightsError
-from sweep.config import SweepConfig, load_sweep
+from sweep.config import Dimension, SweepConfig, load_sweep
 from sweep.preflight import PreflightError, preflight
 from sweep.space import sample_configs
 
@@ -48,15 +48,24 @@ def load(args: argparse.Namespace) -> SweepConfig:
     return cfg
 
 
+def print_dimensions(dimensions: list[Dimension]) -> None:
+    for dim in dimensions:
+        what = f"choice {dim.choices}" if dim.kind == "choice" else f"{dim.kind} [{dim.low:g}, {dim.high:g}]" + (f" step {dim.step}" if dim.step else "")
+        cond = f"  if {dim.condition}" if dim.condition else ""
+        print(f"  {dim.path}: {what}{cond}")
+
+
 def dry_run(cfg: SweepConfig) -> None:
     print(f"{cfg.source}: valid. Sweep {cfg.name!r}: {cfg.sweep.num_trials} trials, at most {cfg.sweep.max_concurrent} at once.")
     print("\nFixed values (a dimension shows its first value):")
     print(yaml.safe_dump(cfg.base_raw(), sort_keys=False).rstrip())
     print("\nSearch dimensions:")
-    for dim in cfg.dimensions:
-        what = f"choice {dim.choices}" if dim.kind == "choice" else f"{dim.kind} [{dim.low}, {dim.high}]" + (f" step {dim.step}" if dim.step else "")
-        cond = f"  if {dim.condition}" if dim.condition else ""
-        print(f"  {dim.path}: {what}{cond}")
+    print_dimensions(cfg.dimensions)
+    search = cfg.sampling_search
+    if search is not None:
+        print(f"\nSampling-time search at each surviving trial's final rung ({search.trials} configurations, "
+              f"{search.num_samples or 'eval.num_samples'} samples each; no retraining):")
+        print_dimensions(search.dimensions)
     print("\nSampled configurations:")
     for params in sample_configs(cfg.dimensions, 3, cfg.sweep.seed):
         cfg.run_config(params)

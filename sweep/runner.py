@@ -1,6 +1,7 @@
 """Ray Tune with OptunaSearch (seeded TPE) and ASHA on FID; MLflow parent/child runs; the summary."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from diffusion_core.evaluate import Evaluator
 from sweep.config import SweepConfig
 from sweep.preflight import Checked
 from sweep.space import make_space
-from sweep.summary import SweepSummary, outcome_label, summarize
+from sweep.summary import SweepSummary, TrialOutcome, outcome_label, summarize
 from sweep.tracking import TRIAL_TAG, SweepTracker, TrialRun
 from sweep.trainable import run_trial
 
@@ -127,6 +128,18 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def best_trial_extras(best: TrialOutcome) -> list[str]:
+    """What the best trial found without extra trainings: its EMA rate and its best sampling settings."""
+    lines = [f"best EMA rate: {best.ema_rate:g}"] if best.ema_rate is not None else []
+    if best.sampling_best is not None:
+        settings = ", ".join(f"{k.removeprefix('eval.')}={_short(v)}" for k, v in best.sampling_best.items())
+        lines.append(f"best sampling: {settings} (study FID {best.sampling_best_fid:.2f} vs {best.sampling_default_fid:.2f} "
+                     "with the configured sampler)")
+    elif best.status == "completed":
+        lines.append("best sampling: no sampling study (declare eval.search in the sweep file to run one)")
+    return lines
+
+
 def print_summary(cfg: SweepConfig, summary: SweepSummary, checked: Checked, tracker: SweepTracker) -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"sweep {cfg.name}: {len(summary.trials)} trials")
@@ -139,6 +152,8 @@ def print_summary(cfg: SweepConfig, summary: SweepSummary, checked: Checked, tra
     best = summary.best
     if best:
         console.print(f"[bold]best FID {best.best_fid:.2f}[/] (trial {best.trial_id}, step {best.step}): {best.params}")
+        for line in best_trial_extras(best):
+            console.print(f"  {line}")
     console.print(f"trials: {summary.count('completed')} completed, {summary.count('pruned')} pruned by ASHA, {summary.count('failed')} failed")
     for t in summary.trials:
         if t.error:
@@ -171,6 +186,12 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
     metrics = {f"trials_{s}": summary.count(s) for s in ("completed", "pruned", "failed")}
     if best:
         metrics["best_fid"] = best.best_fid
-    tracker.finish_parent(metrics, best.params if best else {}, {"best_trial": best.trial_id if best else "", "best_run_id": (best.run_id or "") if best else ""})
+    tags = {"best_trial": best.trial_id if best else "", "best_run_id": (best.run_id or "") if best else ""}
+    if best and best.ema_rate is not None:
+        tags["best_ema_rate"] = f"{best.ema_rate:g}"
+    if best and best.sampling_best is not None:
+        tags["best_sampling"] = json.dumps(best.sampling_best)
+        metrics["best_sampling_fid"] = best.sampling_best_fid
+    tracker.finish_parent(metrics, best.params if best else {}, tags)
     print_summary(cfg, summary, checked, tracker)
     return summary

@@ -1,6 +1,7 @@
 """What a finished (or interrupted) sweep amounts to: per-trial outcome, best trial, counts."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,10 @@ class TrialOutcome:
     params: dict[str, Any]
     run_id: str | None
     error: str | None = None
+    ema_rate: float | None = None  # the bank's best EMA rate at the last evaluation
+    sampling_best: dict[str, Any] | None = None  # the final-rung sampling study's best settings
+    sampling_best_fid: float | None = None
+    sampling_default_fid: float | None = None
 
 
 @dataclass
@@ -41,6 +46,10 @@ def outcome_label(step: int, max_steps: int, error: bool) -> str:
     return "completed" if step >= max_steps else "pruned"
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def summarize(results: ResultGrid, max_steps: int) -> SweepSummary:
     summary = SweepSummary()
     for result in results:
@@ -55,5 +64,9 @@ def summarize(results: ResultGrid, max_steps: int) -> SweepSummary:
             params=dict(result.config or {}),
             run_id=metrics.get("mlflow_run_id"),
             error=str(result.error).strip().splitlines()[-1][:300] if result.error else None,
+            ema_rate=_optional_float(metrics.get("ema_rate")),
+            sampling_best=json.loads(metrics["sampling_best"]) if metrics.get("sampling_best") else None,
+            sampling_best_fid=_optional_float(metrics.get("sampling_best_fid")),
+            sampling_default_fid=_optional_float(metrics.get("sampling_default_fid")),
         ))
     return summary

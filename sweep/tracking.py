@@ -97,6 +97,10 @@ class TrialRun:
 
         retrying(lambda: self.client.log_image(self.run_id, Image.open(io.BytesIO(png)), artifact_file=artifact_file))
 
+    def log_table(self, columns: dict[str, list[Any]], artifact_file: str) -> None:
+        """A table (shown in the MLflow UI's artifact view and its evaluation tab) as ``artifact_file`` (.json)."""
+        retrying(lambda: self.client.log_table(self.run_id, data=columns, artifact_file=artifact_file))
+
     def log_file(self, path: Path, artifact_path: str) -> None:
         retrying(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 

@@ -6,6 +6,7 @@ checkpoint, reopening the same MLflow run (its id travels inside the checkpoint)
 """
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import tempfile
@@ -21,9 +22,11 @@ from ray import tune
 from torchvision.io import encode_png
 
 from diffusion_core.checkpoint import CheckpointError, save_atomic
-from diffusion_core.evaluate import Evaluator
+from diffusion_core.config import RunConfig
+from diffusion_core.evaluate import Evaluator, evaluate_bank
 from diffusion_core.trainer import DivergenceError, Trainer
 from sweep.config import SweepConfig
+from sweep.sampling_study import SamplingStudyResult, describe, run_sampling_study
 from sweep.tracking import TrialRun
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -58,6 +61,15 @@ def _restore(trainer: Trainer) -> dict[str, Any] | None:
     raise error
 
 
+def _log_study(run: TrialRun, study: SamplingStudyResult, cfg: RunConfig) -> str:
+    """Log a final-rung sampling study to the trial's run; returns its best settings as JSON."""
+    log.info(describe(study, cfg))
+    best = json.dumps(study.best_settings(cfg))
+    run.log_table(study.table(), "sampling_study.json")
+    run.set_tags({"sampling_best": best})
+    return best
+
+
 def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
     """Function trainable; ``config`` is the flat ``{key.path: value}`` dict sampled by Optuna."""
     cfg = sweep.run_config(config)
@@ -84,19 +96,27 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
             target = min(cfg.train.max_steps, (trainer.step // every + 1) * every)
             losses = trainer.train_until(target)
             train_seconds = time.perf_counter() - started
-            result = evaluator(trainer.ema.shadow, trainer.schedule)
-            metrics = {"loss": sum(losses) / len(losses), "train_seconds": train_seconds, **result.metrics()}
+            models = trainer.emas.models()
+            bank = evaluate_bank(evaluator, models, trainer.schedule)
+            result = bank.best
+            metrics = {"loss": sum(losses) / len(losses), "train_seconds": train_seconds, **bank.metrics()}
+            reported: dict[str, Any] = {}
+            if trainer.step >= cfg.train.max_steps and sweep.sampling_search is not None:
+                study = run_sampling_study(models[bank.best_rate], trainer.schedule, cfg, sweep.sampling_search,
+                                           evaluator.features, trainer.device)
+                metrics.update(study.metrics())
+                reported["sampling_best"] = _log_study(run, study, cfg)
             run.log_metrics(metrics, trainer.step)
             run.log_png(encode_png(result.grid).numpy().tobytes(), f"samples/step_{trainer.step:07d}.png")
             with tempfile.TemporaryDirectory() as folder:
                 if result.fid < best_fid:
                     best_fid = result.fid
-                    best = save_atomic({"ema": trainer.ema.shadow.state_dict(), "step": trainer.step, "fid": result.fid,
-                                        "config": cfg.model_dump_json()}, Path(folder) / "best_ema.pt")
+                    best = save_atomic({"ema": models[bank.best_rate].state_dict(), "ema_rate": bank.best_rate, "step": trainer.step,
+                                        "fid": result.fid, "config": cfg.model_dump_json()}, Path(folder) / "best_ema.pt")
                     run.log_file(best, "checkpoints")
                 trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE, extra={"mlflow_run_id": run.run_id, "best_fid": best_fid})
                 tune.report(
-                    {**metrics, "step": trainer.step, "best_fid": best_fid, "mlflow_run_id": run.run_id, "node_id": node["node_id"]},
+                    {**metrics, **reported, "step": trainer.step, "best_fid": best_fid, "mlflow_run_id": run.run_id, "node_id": node["node_id"]},
                     checkpoint=tune.Checkpoint.from_directory(folder),
                 )
     except DivergenceError as exc:

@@ -39,6 +39,16 @@ BAD_FILES = [
     ("condition never true", "name: x\ndiffusion: {schedule: {choice: [linear]}, cosine_s: {uniform: [0.001, 0.01], if: {diffusion.schedule: cosine}}}\n", "never takes the value"),
     ("missing name", "model: {dropout: 0.1}\n", "name: Field required"),
     ("sampling steps above T", "name: x\ndiffusion: {timesteps: 50}\neval: {sampling_steps: 100}\n", "exceeds diffusion.timesteps"),
+    ("ema rate out of range", "name: x\ntrain: {ema_rates: [0.999, 1.5]}\n", "train.ema_rates: every EMA rate must be in (0, 1)"),
+    ("duplicate ema rates", "name: x\ntrain: {ema_rates: [0.999, 0.999]}\n", "train.ema_rates: duplicate EMA rates"),
+    ("sampling search unknown key", "name: x\neval: {search: {samplr: {choice: [ddim]}}}\n", "eval.search.samplr: unknown key"),
+    ("sampling search fixed value", "name: x\neval: {search: {eta: 0.5}}\n", "eval.search.eta: expected a search dimension"),
+    ("sampling search without dimensions", "name: x\neval: {search: {trials: 4}}\n", "eval.search: declares no sampling dimension"),
+    ("sampling search zero trials", "name: x\neval: {search: {trials: 0, eta: {uniform: [0, 1]}}}\n", "eval.search.trials"),
+    ("sampling steps above T in search", "name: x\ndiffusion: {timesteps: 50}\neval: {search: {sampling_steps: {int: [10, 80]}}}\n",
+     "when eval.sampling_steps = 80"),
+    ("sampling dimension twice", "name: x\neval: {eta: {uniform: [0, 1]}, search: {eta: {uniform: [0, 1]}}}\n",
+     "eval.search.eta: eval.eta is already a training dimension"),
 ]
 
 
