@@ -20,6 +20,7 @@ from rich.table import Table
 from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator
 from sweep.config import SweepConfig
+from sweep.interpolations import log_best_interpolations
 from sweep.preflight import Checked
 from sweep.space import make_space
 from sweep.summary import SweepSummary, outcome_label, summarize
@@ -172,5 +173,6 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
     if best:
         metrics["best_fid"] = best.best_fid
     tracker.finish_parent(metrics, best.params if best else {}, {"best_trial": best.trial_id if best else "", "best_run_id": (best.run_id or "") if best else ""})
+    log_best_interpolations(tracker, summary)
     print_summary(cfg, summary, checked, tracker)
     return summary
