@@ -14,7 +14,7 @@ from diffusion_core.losses import (
     vb_terms_bpd,
 )
 from diffusion_core.objectives import diffusion_loss
-from diffusion_core.samplers import SamplerSettings, sample, sample_from
+from diffusion_core.samplers import SamplerSettings, guided_output, sample, sample_from
 from diffusion_core.schedules import NoiseSchedule
 from diffusion_core.trainer import Trainer, build_model
 from helpers import tiny_config
@@ -156,3 +156,22 @@ def test_learn_sigma_builds_2c_outputs_trains_and_samples():
     for kind in ("ddpm", "ddim"):
         out = sample(trainer.ema.shadow, trainer.schedule, x_T, "eps", SamplerSettings(kind=kind, steps=5))
         assert out.shape == x_T.shape and bool(torch.isfinite(out).all())
+
+
+class LabelledSigma(nn.Module):
+    """Mean channels and Σθ channels both depend on the label; the null class is 10."""
+
+    null_class = 10
+
+    def forward(self, x_t, t, y=None):
+        y = torch.full((len(x_t),), self.null_class) if y is None else y
+        shift = y.float().reshape(-1, 1, 1, 1) / 10
+        return torch.cat([0.1 * x_t + shift, torch.zeros_like(x_t) + shift], dim=1)
+
+
+def test_guidance_mixes_the_mean_channels_and_keeps_the_conditional_sigma():
+    x_t, t, y = torch.randn(3, 1, 2, 2), torch.zeros(3, dtype=torch.long), torch.tensor([2, 4, 6])
+    out = guided_output(LabelledSigma(), x_t, t, y, 3.0)
+    conditional, unconditional = LabelledSigma()(x_t, t, y), LabelledSigma()(x_t, t, torch.full_like(y, 10))
+    torch.testing.assert_close(out[:, :1], 3.0 * conditional[:, :1] - 2.0 * unconditional[:, :1])
+    torch.testing.assert_close(out[:, 1:], conditional[:, 1:])
