@@ -175,3 +175,19 @@ def test_guidance_mixes_the_mean_channels_and_keeps_the_conditional_sigma():
     conditional, unconditional = LabelledSigma()(x_t, t, y), LabelledSigma()(x_t, t, torch.full_like(y, 10))
     torch.testing.assert_close(out[:, :1], 3.0 * conditional[:, :1] - 2.0 * unconditional[:, :1])
     torch.testing.assert_close(out[:, 1:], conditional[:, 1:])
+
+
+def test_vlb_gradient_drives_sigma_to_the_true_posterior_variance_when_the_mean_is_exact():
+    """With μθ = μ̃_t, KL(q ‖ p) is minimal at Σθ = β̃_t, i.e. at output −1 (v = 0)."""
+    schedule = NoiseSchedule.create("linear", 100)
+    gen = torch.Generator().manual_seed(4)
+    x_0 = torch.rand(4, 1, 2, 2, generator=gen) * 2 - 1
+    t = torch.tensor([1, 2, 4, 8])  # where β̃_t and β_t differ enough to matter
+    x_t = schedule.q_sample(x_0, t, torch.randn(4, 1, 2, 2, generator=gen))
+    var_output = torch.zeros(4, 1, 2, 2, requires_grad=True)
+    optimizer = torch.optim.Adam([var_output], lr=0.05)
+    for _ in range(300):
+        optimizer.zero_grad()
+        vb_terms_bpd(schedule, x_0, x_t, t, x_0, learned_log_variance(schedule, t, var_output)).sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(var_output.detach(), torch.full_like(var_output, -1.0), atol=0.02, rtol=0)
