@@ -80,6 +80,8 @@ class DiffusionConfig(Section):
     prediction: Literal["eps", "x0", "v"] = "eps"
     cosine_s: float = Field(default=0.008, gt=0.0, lt=1.0)
     min_timestep: int = Field(default=0, ge=0, description="smallest 0-based t drawn in training (1 gives seed 001's t ~ U{2..T})")
+    learn_sigma: bool = Field(default=False, description="U-Net also outputs Σθ (improved DDPM eq. 15), trained with the hybrid loss (eq. 16)")
+    vlb_weight: float = Field(default=0.001, ge=0.0, description="λ of the hybrid loss L_simple + λ·L_vlb (used with learn_sigma)")
 
     @model_validator(mode="after")
     def _min_timestep_below_t(self) -> DiffusionConfig:

@@ -1,4 +1,5 @@
-"""What the network predicts (ε, x_0 or v) and the simple training loss L_simple (DDPM eq. 14)."""
+"""What the network predicts (ε, x_0 or v) and the training loss: L_simple (DDPM eq. 14), or with a
+learned variance the hybrid L_simple + λ·L_vlb (improved DDPM eq. 16)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion_core.losses import hybrid_vlb_term
 from diffusion_core.schedules import NoiseSchedule
 
 Prediction = Literal["eps", "x0", "v"]
@@ -35,6 +37,14 @@ def to_eps_and_x0(prediction: Prediction, schedule: NoiseSchedule, x_t: Tensor, 
     raise ValueError(f"unknown prediction {prediction!r}: use 'eps', 'x0' or 'v'")
 
 
+def split_output(output: Tensor, channels: int) -> tuple[Tensor, Tensor | None]:
+    """(prediction, variance output) of a network with 2C output channels (learned Σθ); (output, None) for C."""
+    if output.shape[1] == 2 * channels:
+        prediction, var_output = output.split(channels, dim=1)
+        return prediction, var_output
+    return output, None
+
+
 def sample_timesteps(batch: int, num_timesteps: int, generator: torch.Generator, device: torch.device, t_min: int = 0) -> Tensor:
     """t ~ U{t_min, ..., T−1} (0-based); t_min = 1 gives seed 001's t ~ U{2..T}."""
     return torch.randint(t_min, num_timesteps, (batch,), generator=generator, device=device)
@@ -48,9 +58,18 @@ def diffusion_loss(
     eps: Tensor,
     prediction: Prediction = "eps",
     y: Tensor | None = None,
+    vlb_weight: float = 0.001,
 ) -> Tensor:
-    """L_simple = E_{t, x_0, ε} ‖target − f_θ(x_t, t)‖² with x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
+    """L_simple = E_{t, x_0, ε} ‖target − f_θ(x_t, t)‖² with x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε.
+
+    When the model also outputs Σθ (2C channels), L_hybrid = L_simple + λ·L_vlb (improved DDPM
+    eq. 16), with λ = ``vlb_weight`` and the mean stopped in the L_vlb term.
+    """
     x_t = schedule.q_sample(x_0, t, eps)
-    output = model(x_t, t, y)
+    output, var_output = split_output(model(x_t, t, y), x_0.shape[1])
     target = training_target(prediction, schedule, x_0, t, eps)
-    return F.mse_loss(output.float(), target.float())
+    loss = F.mse_loss(output.float(), target.float())
+    if var_output is None:
+        return loss
+    _, pred_x0 = to_eps_and_x0(prediction, schedule, x_t.float(), t, output.detach().float())
+    return loss + hybrid_vlb_term(schedule, x_0.float(), x_t.float(), t, pred_x0, var_output.float(), vlb_weight)

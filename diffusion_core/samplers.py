@@ -1,9 +1,12 @@
 """Reverse-process samplers: DDPM ancestral (Ho et al., Algorithm 2) and DDIM (Song et al., eq. 12).
 
-Both run on a subsequence of S steps of the training schedule ("leading" spacing, t_i = i·⌊T/S⌋),
+Both run on a subsequence of S steps of the training schedule ("leading" spacing, t_i = i·⌊T/S⌋, or
+any ascending list starting at 0 through ``sample_from``),
 guide a class-conditional model without a classifier (seed 004 eq. 8) and may clip the predicted
 x_0 statically to [−1, 1] or by dynamic thresholding (Saharia et al.). The initial noise x_T is an
 input, so that every evaluation can start from the same seeded noise (common random numbers).
+A model with a learned variance (2C output channels) samples DDPM with Σθ (improved DDPM eq. 15) on
+the respaced schedule; DDIM only uses its mean channels.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from diffusion_core.objectives import Prediction, to_eps_and_x0
+from diffusion_core.losses import learned_log_variance
+from diffusion_core.objectives import Prediction, split_output, to_eps_and_x0
 from diffusion_core.schedules import NoiseSchedule, _gather
 
 Clip = Literal["none", "static", "dynamic"]
@@ -59,14 +63,16 @@ def guided_output(model: nn.Module, x_t: Tensor, t: Tensor, y: Tensor | None, gu
     """Classifier-free guidance, seed 004 eq. 8: f̃ = w f(x_t, t, c) + (1 − w) f(x_t, t, ∅).
 
     w = 1 is the conditional model, w = 0 the unconditional one; with no labels the model is
-    called once, unconditionally.
+    called once, unconditionally. A learned variance output keeps the conditional Σθ (as GLIDE).
     """
     if y is None or guidance_weight == 1.0:
         return model(x_t, t, y)
     null = torch.full_like(y, model.null_class)
     both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
     conditional, unconditional = both.chunk(2)
-    return guidance_weight * conditional + (1.0 - guidance_weight) * unconditional
+    channels = x_t.shape[1]
+    guided = guidance_weight * conditional[:, :channels] + (1.0 - guidance_weight) * unconditional[:, :channels]
+    return torch.cat([guided, conditional[:, channels:]], dim=1)
 
 
 def predict(
@@ -79,12 +85,26 @@ def predict(
     y: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(ε̂, x̂_0) at x_t; when x̂_0 is clipped, ε̂ is recomputed from it so both stay consistent."""
-    output = guided_output(model, x_t, t, y, settings.guidance_weight)
+    eps, x_0, _ = predict_with_variance(model, schedule, x_t, t, prediction, settings, y)
+    return eps, x_0
+
+
+def predict_with_variance(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x_t: Tensor,
+    t: Tensor,
+    prediction: Prediction,
+    settings: SamplerSettings,
+    y: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(ε̂, x̂_0, variance output) at x_t; the variance output is None unless the model learns Σθ."""
+    output, var_output = split_output(guided_output(model, x_t, t, y, settings.guidance_weight), x_t.shape[1])
     eps, x_0 = to_eps_and_x0(prediction, schedule, x_t, t, output)
     if settings.clip != "none":
         x_0 = clip_x0(x_0, settings.clip, settings.threshold_percentile)
         eps = schedule.predict_eps_from_x0(x_t, t, x_0)
-    return eps, x_0
+    return eps, x_0, var_output
 
 
 def ddim_step(
@@ -118,10 +138,28 @@ def sample(
     """Run the reverse process from x_T to x_0 with the chosen sampler; returns samples in [−1, 1]
     (clamped at the end whatever the clip mode). ``generator`` seeds the per-step noise."""
     timesteps = leading_timesteps(schedule.num_timesteps, settings.steps)
+    return sample_from(model, schedule, x_T, timesteps, prediction, settings, y, generator)
+
+
+@torch.no_grad()
+def sample_from(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x_start: Tensor,
+    timesteps: list[int],
+    prediction: Prediction = "eps",
+    settings: SamplerSettings = SamplerSettings(),
+    y: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Denoise ``x_start``, a sample at step ``timesteps[-1]``, down to x_0 through the ascending
+    ``timesteps`` (which start at 0); ``settings.steps`` is not used."""
+    if not timesteps or timesteps[0] != 0 or any(b <= a for a, b in zip(timesteps, timesteps[1:])):
+        raise ValueError(f"timesteps must ascend strictly from 0, got {timesteps}")
     if settings.kind == "ddpm":
-        return _ddpm(model, schedule, x_T, timesteps, prediction, settings, y, generator)
+        return _ddpm(model, schedule, x_start, timesteps, prediction, settings, y, generator)
     if settings.kind == "ddim":
-        return _ddim(model, schedule, x_T, timesteps, prediction, settings, y, generator)
+        return _ddim(model, schedule, x_start, timesteps, prediction, settings, y, generator)
     raise ValueError(f"unknown sampler {settings.kind!r}: use 'ddpm' or 'ddim'")
 
 
@@ -144,13 +182,16 @@ def _ddim(model, schedule, x_T, timesteps, prediction, settings, y, generator) -
 
 
 def _ddpm(model, schedule, x_T, timesteps, prediction, settings, y, generator) -> Tensor:
-    """Algorithm 2 on the respaced schedule: x_{t−1} = μ̃(x_t, x̂_0) + σ_t z with σ_t² = β̃_t."""
+    """Algorithm 2 on the respaced schedule: x_{t−1} = μ̃(x_t, x̂_0) + σ_t z with σ_t² = β̃_t, or the
+    learned Σθ, whose interpolation v is relative to the respaced β_t and β̃_t (as improved-diffusion)."""
     respaced = schedule.respace(timesteps)
     x = x_T
     for i in reversed(range(len(timesteps))):
         t_model = torch.full((len(x),), timesteps[i], device=x.device, dtype=torch.long)
         t_respaced = torch.full((len(x),), i, device=x.device, dtype=torch.long)
-        _, x_0 = predict(model, schedule, x, t_model, prediction, settings, y)
+        _, x_0, var_output = predict_with_variance(model, schedule, x, t_model, prediction, settings, y)
         mean, _, log_variance = respaced.q_posterior(x_0, x, t_respaced)
+        if var_output is not None:
+            log_variance = learned_log_variance(respaced, t_respaced, var_output)
         x = mean + (0.5 * log_variance).exp() * _step_noise(x, generator) if i > 0 else mean
     return x.clamp(-1.0, 1.0)

@@ -39,6 +39,7 @@ def build_model(cfg: RunConfig) -> UNet:
         dropout=m.dropout,
         image_size=cfg.data.resolution,
         num_classes=cfg.data.num_classes if m.class_conditional else None,
+        out_channels=2 * cfg.data.channels if cfg.diffusion.learn_sigma else None,
     )
 
 
@@ -88,7 +89,8 @@ class Trainer:
         t = sample_timesteps(len(x_0), self.schedule.num_timesteps, self.generator, self.device, self.cfg.diffusion.min_timestep)
         eps = torch.randn(x_0.shape, generator=self.generator, device=self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            loss = diffusion_loss(self.model, self.schedule, x_0, t, eps, self.cfg.diffusion.prediction, y)
+            d = self.cfg.diffusion
+            loss = diffusion_loss(self.model, self.schedule, x_0, t, eps, d.prediction, y, d.vlb_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.train.grad_clip is not None:

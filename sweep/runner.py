@@ -21,6 +21,7 @@ from rich.table import Table
 from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator
 from sweep.config import SweepConfig
+from sweep.interpolations import log_best_interpolations
 from sweep.preflight import Checked
 from sweep.space import make_space
 from sweep.summary import SweepSummary, TrialOutcome, outcome_label, summarize
@@ -193,5 +194,6 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
         tags["best_sampling"] = json.dumps(best.sampling_best)
         metrics["best_sampling_fid"] = best.sampling_best_fid
     tracker.finish_parent(metrics, best.params if best else {}, tags)
+    log_best_interpolations(tracker, summary)
     print_summary(cfg, summary, checked, tracker)
     return summary

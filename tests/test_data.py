@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -45,3 +46,32 @@ def test_batch_order_is_a_function_of_seed_and_step_and_covers_each_epoch():
     fresh = BatchOrder(num_items=10, batch_size=4, seed=3)
     assert torch.equal(fresh.indices(7), order.indices(7)) and torch.equal(fresh.indices(2), order.indices(2))
     assert not torch.equal(BatchOrder(10, 4, seed=4).indices(0), order.indices(0))
+
+
+def _fake_stl10(root, count: int = 6):
+    """STL-10's binary layout (column-major 3x96x96 uint8, labels 1..10) for ``count`` images whose
+    top half has colour (i, 2i, 3i)·10 and bottom half is black."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    images = np.zeros((count, 3, 96, 96), dtype=np.uint8)
+    for i in range(count):
+        images[i, :, :48, :] = np.array([10 * i, 20 * i, 30 * i], dtype=np.uint8)[:, None, None]
+    np.transpose(images, (0, 1, 3, 2)).tofile(folder / "train_X.bin")
+    (np.arange(count, dtype=np.uint8) % 10 + 1).tofile(folder / "train_y.bin")
+    return images
+
+
+def test_stl10_through_torchvision_downsampled_to_32_as_seed_004(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.STL10, "_check_integrity", lambda self: True)  # md5 of the real archive
+    images = _fake_stl10(tmp_path)
+    native = load_images(DataConfig(dataset="stl10", root=str(tmp_path), download=False))
+    assert native.images.shape == (6, 3, 96, 96) and torch.equal(native.images, torch.from_numpy(images))
+    small = load_images(DataConfig(dataset="stl10", root=str(tmp_path), download=False, image_size=32))
+    assert small.images.shape == (6, 3, 32, 32) and small.images.dtype == torch.uint8
+    assert small.labels.tolist() == [0, 1, 2, 3, 4, 5]
+    for i in range(6):
+        top, bottom = small.images[i, :, :15], small.images[i, :, 17:]
+        assert top.flatten(1).unique(dim=1).flatten().tolist() == [10 * i, 20 * i, 30 * i]
+        assert int(bottom.max()) == 0

@@ -47,3 +47,16 @@ def test_timesteps_uniform_and_respect_minimum():
     assert int(t.min()) == 1 and int(t.max()) == 9
     counts = torch.bincount(t, minlength=10)[1:].float()
     assert float(counts.std() / counts.mean()) < 0.05
+
+
+def test_trainer_draws_x0_timesteps_from_seed_001_range():
+    """diffusion.min_timestep = 1 is seed 001's eq. 6, t ~ U{2..T} (1-based): the model never sees code step 0."""
+    from diffusion_core.trainer import Trainer
+    from helpers import tiny_config
+
+    cfg = tiny_config(diffusion={"prediction": "x0", "min_timestep": 1, "timesteps": 10}, train={"max_steps": 20, "batch_size": 16})
+    trainer = Trainer(cfg, device="cpu")
+    seen: list[int] = []
+    trainer.model.register_forward_hook(lambda module, args, output: seen.extend(args[1].tolist()))
+    trainer.train_until(20)
+    assert set(seen) == set(range(1, 10))

@@ -103,3 +103,14 @@ def test_set_override_and_list_choices():
     assert {tuple(p["model.channel_mult"]) for p in params} == {(1, 2), (1, 2, 2)}
     with pytest.raises(ConfigError, match="heads"):
         load_sweep(REPO / "search_spaces" / "smoke.yaml", ["model.num_heads=3"])
+
+
+def test_learn_sigma_is_a_searchable_choice():
+    cfg = parse_sweep({"name": "x", "diffusion": {"learn_sigma": {"choice": [False, True]}}})
+    (dim,) = cfg.dimensions
+    assert dim.path == "diffusion.learn_sigma" and dim.choices == [False, True]
+    assert cfg.run_config({"diffusion.learn_sigma": True}).diffusion.learn_sigma is True
+    sampled = {p["diffusion.learn_sigma"] for p in sample_configs(cfg.dimensions, 8, 0)}
+    assert sampled == {False, True}
+    with pytest.raises(ConfigError, match="diffusion.learn_sigma"):
+        parse_sweep({"name": "x", "diffusion": {"learn_sigma": {"choice": [False, "maybe"]}}})
