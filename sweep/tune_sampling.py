@@ -19,12 +19,13 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from diffusion_core.checkpoint import CheckpointError, load_safe
+from diffusion_core.checkpoint import CheckpointError
 from diffusion_core.config import ConfigError, RunConfig
 from diffusion_core.inception_weights import InceptionWeightsError
+from diffusion_core.interpolate import load_model
 from diffusion_core.metrics import InceptionFeatures
 from diffusion_core.schedules import NoiseSchedule
-from diffusion_core.trainer import build_model, default_device
+from diffusion_core.trainer import default_device
 from sweep.config import SamplingSearch, load_sweep, parse_sweep
 from sweep.sampling_study import SamplingTrial, describe, run_sampling_study
 from sweep.tracking import TRIAL_TAG, TrialRun, resolve_tracking_uri
@@ -49,20 +50,14 @@ def find_run(client: MlflowClient, key: str) -> str:
     return runs[0].info.run_id
 
 
-def load_network(client: MlflowClient, run_id: str, folder: Path) -> tuple[RunConfig, torch.nn.Module, float]:
-    """The run's config and best EMA network from its ``checkpoints/best_ema.pt`` artifact."""
+def load_network(client: MlflowClient, run_id: str, folder: Path) -> tuple[RunConfig, torch.nn.Module]:
+    """The run config and best EMA network of the run's ``checkpoints/best_ema.pt`` artifact."""
     try:
         path = client.download_artifacts(run_id, CHECKPOINT, str(folder))
     except (MlflowException, OSError):
         raise NotFoundError(f"run {run_id}: no {CHECKPOINT} artifact (the trial never finished an evaluation)") from None
-    state = load_safe(path)
-    try:
-        cfg = RunConfig.model_validate_json(state["config"])
-        model = build_model(cfg)
-        model.load_state_dict(state["ema"])
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a diffusion-sweep EMA checkpoint ({str(exc).splitlines()[0]})") from None
-    return cfg, model.eval(), float(state.get("fid", float("nan")))
+    model, cfg = load_model(path)
+    return cfg, model
 
 
 def sweep_search(client: MlflowClient, run_id: str, space: str | None, folder: Path) -> SamplingSearch:
@@ -102,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as folder:
             run_id = find_run(client, args.run)
-            cfg, model, trained_fid = load_network(client, run_id, Path(folder))
+            cfg, model = load_network(client, run_id, Path(folder))
             search = sweep_search(client, run_id, args.space, Path(folder))
             updates = {"trials": args.trials, "num_samples": args.num_samples}
             search = SamplingSearch.model_validate({**search.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
@@ -110,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except (NotFoundError, CheckpointError, ConfigError, InceptionWeightsError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
-    print(f"run {run_id}: best EMA checkpoint (FID {trained_fid:.2f} at training time); {features.describe()}")
+    print(f"run {run_id}: best EMA checkpoint; {features.describe()}")
 
     def show(trial: SamplingTrial) -> None:
         settings = ", ".join(f"{k.removeprefix('eval.')}={v}" for k, v in trial.params.items()) or "the run's own settings"
