@@ -8,6 +8,7 @@ own sampling settings are scored first on the same budget, so the reported best 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from diffusion_core.evaluate import Evaluator
 from diffusion_core.metrics import InceptionFeatures
 from diffusion_core.schedules import NoiseSchedule
 from sweep.config import SamplingSearch
-from sweep.space import define_by_run
+from sweep.space import categorical_label, define_by_run
 
 
 @dataclass
@@ -71,27 +72,45 @@ def study_config(cfg: RunConfig, num_samples: int, params: dict[str, Any]) -> Ru
     return RunConfig.model_validate({**cfg.model_dump(), "eval": {**cfg.eval.model_dump(), **update}})
 
 
+def choice_grid(search: SamplingSearch) -> dict[str, list[Any]] | None:
+    """The whole grid when every sampling dimension is an unconditional choice, else None."""
+    if any(d.kind != "choice" or d.condition for d in search.dimensions):
+        return None
+    return {d.path: [categorical_label(c) for c in d.choices or []] for d in search.dimensions}
+
+
 def run_sampling_study(model: nn.Module, schedule: NoiseSchedule, cfg: RunConfig, search: SamplingSearch,
                        features: InceptionFeatures, device: torch.device | str = "cpu",
                        on_trial: Callable[[SamplingTrial], None] | None = None) -> SamplingStudyResult:
-    """Score the run's own settings, then ``search.trials`` configurations proposed by seeded TPE;
-    ``on_trial`` sees each scored configuration as it finishes (progress)."""
+    """Score the run's own settings, then ``search.trials`` configurations proposed by seeded TPE, or the
+    whole grid when the dimensions are choices with at most ``search.trials`` combinations; ``on_trial``
+    sees each scored configuration as it finishes (progress)."""
     num_samples = search.num_samples or cfg.eval.num_samples
+
+    default_eval = study_config(cfg, num_samples, {}).eval
 
     def score(params: dict[str, Any]) -> SamplingTrial:
         start = time.perf_counter()
-        result = Evaluator(study_config(cfg, num_samples, params), device, features)(model, schedule)
+        trial_cfg = study_config(cfg, num_samples, params)
+        if params and trial_cfg.eval == default_eval:  # the configured settings again: same samples, same score
+            return SamplingTrial(params, default.fid, default.kid, 0.0)
+        result = Evaluator(trial_cfg, device, features)(model, schedule)
         scored = SamplingTrial(params, result.fid, result.kid, time.perf_counter() - start)
         if on_trial is not None:
             on_trial(scored)
         return scored
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(
-        seed=search.seed, n_startup_trials=min(4, search.trials)))
+    grid = choice_grid(search)
+    if grid is not None and len(grid) <= search.trials:
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(grid, seed=search.seed)
+        count = math.prod(len(values) for values in grid.values())
+    else:
+        sampler, count = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=min(4, search.trials)), search.trials
+    study = optuna.create_study(direction="minimize", sampler=sampler)
     default = score({})
     trials = []
-    for _ in range(search.trials):
+    for _ in range(count):
         trial = study.ask()
         decoded = define_by_run(trial, search.dimensions)
         scored = score({**trial.params, **decoded})

@@ -13,14 +13,14 @@ from sweep.config import Dimension
 _PRIMITIVES = (str, int, float, bool, type(None))
 
 
-def _label(value: Any) -> Any:
+def categorical_label(value: Any) -> Any:
     """Optuna's categorical values must be primitives: lists and mappings go in as JSON text."""
     return value if isinstance(value, _PRIMITIVES) else json.dumps(value)
 
 
 def suggest(trial: optuna.Trial, dim: Dimension) -> Any:
     if dim.kind == "choice":
-        labels = [_label(c) for c in dim.choices or []]
+        labels = [categorical_label(c) for c in dim.choices or []]
         picked = trial.suggest_categorical(dim.path, labels)
         return (dim.choices or [])[labels.index(picked)]
     if dim.kind == "int":
