@@ -215,7 +215,7 @@ def section_fid(r: dict[str, Any], cmd: str) -> list[str]:
         f"- Ours: {r['ours']}.",
         f"- Peer: {r['pytorch_fid']}.",
         "- Per-chunk ratios ours/pytorch-fid (each pair adjacent in time): "
-        + ", ".join(f"{x:.2f}" for x in r["paired_ratios"]) + "; the headline ratio is total time over all chunks.",
+        + ", ".join(f"{x:.2f}" for x in r["paired_ratios"]) + "; the headline ratio is their median, img/s are totals.",
         "",
         f"Reproduce: `{cmd}`",
         "",
