@@ -313,7 +313,6 @@ def build_html(client: MlflowClient, data: SweepData, fidelity: list[RungFidelit
     counts = {s: sum(t.status == s for t in data.trials) for s in ("completed", "pruned", "failed", "running")}
     step, opt_figs, opt_note = optuna_figures(data)
     fid_at_step = next((r for r in fidelity if r.step == step), None)
-    defined = [r.rho for r in fidelity if r.rho is not None]
     answers = [
         f"<li><b>Best trial:</b> {html.escape(best.name)} ({best.status}), best FID {best.best_fid:.2f} at step {best.best_step}; "
         f"{html.escape(_params_text(best, data.cfg.dimensions))}.</li>" if best else "<li><b>Best trial:</b> none has reported a FID yet.</li>",
@@ -340,8 +339,9 @@ Generated {generated}.</p>
 <h2 id="curves">FID vs training step</h2>{plot(fid_curves(data))}
 <h2 id="compute">Best FID vs compute</h2>{plot(best_vs_compute(data))}
 <h2 id="importance">Which hyperparameters matter</h2>
-<p>Optuna's parameter importance (fANOVA) and parallel coordinates over the trials' FID at step {step}.
-{'Mean' if defined else 'No'} rank fidelity over the rungs{f': {sum(defined) / len(defined):+.3f}' if defined else ''}.</p>
+<p>Optuna's parameter importance (fANOVA) and parallel coordinates over the trials' FID at step {step}, the first rung,
+which every trial reaches. How well that rung's ranking predicts the final one (Spearman's &rho;):
+{fid_at_step.label() if fid_at_step else 'n/a'}.</p>
 {''.join(plot(f) for f in opt_figs)}{f"<p class='warn'>{html.escape(opt_note)}</p>" if opt_note else ''}
 <h2 id="fidelity">Rank fidelity: did early stopping throw away a winner?</h2>{fidelity_section(data, fidelity)}
 <h2 id="samples">Best trial's samples across rungs</h2>
