@@ -230,8 +230,17 @@ def pruned_ahead_of_winner(data: SweepData) -> list[tuple[TrialData, int, float,
     return out
 
 
+def _short(text: str) -> str:
+    """A float parameter to 4 significant digits, anything else as MLflow stored it."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return text if value.is_integer() else f"{value:.4g}"
+
+
 def _params_text(t: TrialData, dims: list[Dimension]) -> str:
-    return ", ".join(f"{d.path.rsplit('.', 1)[-1]}={t.params[d.path]}" for d in dims if d.path in t.params)
+    return ", ".join(f"{d.path.rsplit('.', 1)[-1]}={_short(t.params[d.path])}" for d in dims if d.path in t.params)
 
 
 def _fmt(value: float) -> str:
@@ -265,7 +274,7 @@ def trials_table(data: SweepData) -> str:
     ordered = sorted(data.trials, key=lambda t: (t.best_fid, t.name))
     best = data.best
     rows = [[t.name, t.status, str(t.last_step), _fmt(t.fid.get(t.last_step, math.inf)), _fmt(t.best_fid),
-             str(t.best_step if t.best_step is not None else "-"), *[t.params.get(d.path, "-") for d in dims]] for t in ordered]
+             str(t.best_step if t.best_step is not None else "-"), *[_short(t.params.get(d.path, "-")) for d in dims]] for t in ordered]
     classes = ["best" if best and t.run_id == best.run_id else t.status for t in ordered]
     return _table(["trial", "status", "last step", "last FID", "best FID", "best at step", *[d.path for d in dims]], rows, classes)
 
