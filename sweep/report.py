@@ -15,6 +15,8 @@ import os
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import optuna
 import plotly.graph_objects as go
 import yaml
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweep.config import Dimension, SweepConfig, parse_sweep
@@ -106,9 +109,9 @@ def load_sweep_config(client: MlflowClient, parent_run_id: str) -> SweepConfig:
         return parse_sweep(yaml.safe_load(Path(path).read_text()), "resolved_space.yaml")
 
 
-def collect(client: MlflowClient, experiment: str, name: str, cfg: SweepConfig | None = None) -> SweepData:
-    """Parent run, search space and every child run's FID history."""
-    parent = find_parent(client, experiment, name)
+def collect(client: MlflowClient, experiment: str, name: str, cfg: SweepConfig | None = None, parent_run_id: str | None = None) -> SweepData:
+    """Parent run (``parent_run_id``, else the sweep's latest), search space and every child run's FID history."""
+    parent = retrying(lambda: client.get_run(parent_run_id)) if parent_run_id else find_parent(client, experiment, name)
     cfg = cfg or load_sweep_config(client, parent.info.run_id)
     children = retrying(lambda: client.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10_000))
@@ -382,16 +385,28 @@ def publish(client: MlflowClient, data: SweepData, out: Path) -> tuple[Path, lis
     return out, fidelity
 
 
-def report_after_sweep(tracking_uri: str, cfg: SweepConfig, experiment_path: str) -> None:
+def report_after_sweep(tracking_uri: str, cfg: SweepConfig, experiment_path: str, parent_run_id: str) -> None:
     """Called at the end of ``run_sweep``: build and publish the report; a failure only warns."""
     os.environ.update(QUIET_DOWNLOADS)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         client = MlflowClient(tracking_uri)
         out = Path.cwd() / f"{cfg.name}_{REPORT_FILE}" if "://" in experiment_path else Path(experiment_path) / REPORT_FILE
-        path, _ = publish(client, collect(client, cfg.experiment, cfg.name, cfg), out)
+        path, _ = publish(client, collect(client, cfg.experiment, cfg.name, cfg, parent_run_id), out)
         print(f"Report: {path}")
     except Exception as exc:  # the sweep's results are safe in MLflow; the report can be rebuilt with sweep.report
         print(f"warning: sweep report not built ({type(exc).__name__}: {exc}); retry with `python -m sweep.report {cfg.name}`", file=sys.stderr)
+
+
+def check_store(uri: str) -> None:
+    """Fail fast on a missing SQLite file (MlflowClient would create it) or an unreachable server (it would retry for minutes)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ReportError(f"no MLflow store at {uri}; pass --tracking-uri")
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
+        except (urllib.error.URLError, OSError) as exc:
+            raise ReportError(f"MLflow server {uri} is unreachable ({getattr(exc, 'reason', exc)}); pass --tracking-uri") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -411,14 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(QUIET_DOWNLOADS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-            raise ReportError(f"no MLflow store at {uri}; pass --tracking-uri")
+        check_store(uri)
         client = MlflowClient(uri)
         data = collect(client, args.experiment or args.name, args.name)
         out = args.out or default_output(args.storage_path or data.cfg.sweep.storage_path, args.name)
         path, fidelity = publish(client, data, out)
-    except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ReportError, MlflowException) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
     print(f"Report of sweep {args.name!r} ({len(data.trials)} trials): {path}")
     for r in fidelity:

@@ -178,5 +178,5 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
         metrics["best_fid"] = best.best_fid
     tracker.finish_parent(metrics, best.params if best else {}, {"best_trial": best.trial_id if best else "", "best_run_id": (best.run_id or "") if best else ""})
     print_summary(cfg, summary, checked, tracker)
-    report_after_sweep(tracker.tracking_uri, cfg, checked.experiment_path)
+    report_after_sweep(tracker.tracking_uri, cfg, checked.experiment_path, tracker.parent_run_id)
     return summary
