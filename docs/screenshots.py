@@ -4,8 +4,8 @@
         --report /tmp/smoke/ray_results/smoke/sweep_report.html
 
 starts `mlflow server` on 127.0.0.1 against the sweep's store and writes docs/mlflow_runs.png (the runs
-list), docs/mlflow_artifacts.png (the best trial's artifacts page, a sample grid selected) and
-docs/report.png (the HTML report).
+list: the trial runs sorted by their last FID), docs/mlflow_artifacts.png (the best trial's artifacts page,
+a sample grid selected) and docs/report.png (the HTML report).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from mlflow.tracking import MlflowClient
 
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as logs, mlflow_server(args.tracking_uri, store.parent / "mlartifacts", Path(logs) / "server.log") as url:
         eid = experiment.experiment_id
-        screenshot(f"{url}/#/experiments/{eid}/runs?workflowType=machine_learning", args.out / "mlflow_runs.png", args.budget_ms)
+        trials_by_fid = urlencode({"workflowType": "machine_learning", "searchFilter": "metrics.fid > 0",
+                                   "orderByKey": "metrics.`fid`", "orderByAsc": "true"}, quote_via=quote)
+        screenshot(f"{url}/#/experiments/{eid}/runs?{trials_by_fid}", args.out / "mlflow_runs.png", args.budget_ms)
         artifact = f"/{grids[-1]}" if grids else ""
         screenshot(f"{url}/#/experiments/{eid}/runs/{best_run}/artifacts{artifact}?workflowType=machine_learning", args.out / "mlflow_artifacts.png", args.budget_ms)
     screenshot(args.report.resolve().as_uri(), args.out / "report.png", args.budget_ms, size="1400,2400")

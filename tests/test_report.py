@@ -18,7 +18,7 @@ from helpers import SMOKE_SPACE, store_uri, sweep_runs
 from sweep.config import load_sweep
 from sweep.rank_fidelity import rank_fidelity
 from sweep.report import REPORT_FILE, RHO_METRIC, collect, publish
-from sweep.tracking import STATUS_TAG, SWEEP_TAG, TRIAL_TAG, TrialRun
+from sweep.tracking import STATUS_TAG, SWEEP_TAG, TrialRun
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # trial: (status, {step: fid}, params). Finishers a-d rank b, a, c, d at step 300; at step 100 they rank
