@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from rich.progress import Progress
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
@@ -76,12 +77,16 @@ def reference_key(cfg: RunConfig, num_images: int) -> dict[str, object]:
 
 
 class Evaluator:
-    """Holds the Inception network and the reference statistics for one data configuration."""
+    """Holds the Inception network and the reference statistics for one data configuration.
 
-    def __init__(self, cfg: RunConfig, device: torch.device | str = "cpu", features: InceptionFeatures | None = None) -> None:
+    ``progress``: a rich Progress that shows sampling and Inception passes as bars (interactive use only)."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device | str = "cpu", features: InceptionFeatures | None = None,
+                 progress: Progress | None = None) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.features = features or InceptionFeatures(cfg.eval.inception_weights, device=self.device)
+        self.progress = self.features.progress = progress
         self.x_T, self.labels = fixed_noise(cfg)
         self._reference: ReferenceStats | None = None
 
@@ -109,10 +114,15 @@ class Evaluator:
         gen = torch.Generator().manual_seed(self.cfg.eval.seed + 1)
         model.eval()
         batches = []
+        task = self.progress.add_task("sampling", total=len(self.x_T), status="") if self.progress else None
         for start in range(0, len(self.x_T), self.cfg.eval.batch_size):
             x_T = self.x_T[start : start + self.cfg.eval.batch_size].to(self.device)
             y = None if self.labels is None else self.labels[start : start + len(x_T)].to(self.device)
             batches.append(sample(model, schedule, x_T, self.cfg.diffusion.prediction, settings, y, gen).cpu())
+            if task is not None:
+                self.progress.advance(task, len(x_T))
+        if task is not None:
+            self.progress.remove_task(task)
         return torch.cat(batches)
 
     def __call__(self, model: nn.Module, schedule: NoiseSchedule) -> EvalResult:

@@ -60,10 +60,11 @@ def run(cfg: RunConfig) -> dict[str, float]:
     if last.exists():
         best = trainer.load_checkpoint(last).get("best", best)
         print(f"continuing {last} at step {trainer.step}")
-    evaluator = Evaluator(cfg, trainer.device)
-    print(f"model: {trainer.model.num_parameters():,} parameters on {trainer.device}; {evaluator.features.describe()}")
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn())
-    with Progress(*columns) as progress, (out / "metrics.jsonl").open("a") as metrics_log:
+    progress = Progress(*columns)
+    evaluator = Evaluator(cfg, trainer.device, progress=progress)
+    print(f"model: {trainer.model.num_parameters():,} parameters on {trainer.device}; {evaluator.features.describe()}")
+    with progress, (out / "metrics.jsonl").open("a") as metrics_log:
         task = progress.add_task("training", total=cfg.train.max_steps, completed=trainer.step, status="")
         while trainer.step < cfg.train.max_steps:
             target = min(cfg.train.max_steps, (trainer.step // cfg.eval.every_steps + 1) * cfg.eval.every_steps)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from diffusion_core.config import RunConfig
@@ -23,6 +25,7 @@ from diffusion_core.evaluate import Evaluator
 from sweep.config import SweepConfig
 from sweep.interpolations import log_best_interpolations
 from sweep.preflight import Checked
+from sweep.report import report_after_sweep
 from sweep.space import make_space
 from sweep.summary import SweepSummary, TrialOutcome, outcome_label, summarize
 from sweep.tracking import TRIAL_TAG, SweepTracker, TrialRun
@@ -96,8 +99,9 @@ def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracker: Sw
         time_attr="step", metric=METRIC, mode=MODE, max_t=max_steps,
         grace_period=cfg.sweep.scheduler.grace_period or every, reduction_factor=cfg.sweep.scheduler.reduction_factor,
     )
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's default console output ignores progress_reporter
     reporter = tune.CLIReporter(
-        metric_columns={"step": "step", "fid": "FID", "best_fid": "best FID", "kid": "KID", "loss": "loss"},
+        metric_columns={"step": "step", "fid": "last FID", "best_fid": "best FID", "kid": "KID", "loss": "loss"},
         parameter_columns=[d.path for d in cfg.dimensions], max_report_frequency=15, sort_by_metric=True,
     )
     reporter.set_search_properties(METRIC, MODE)
@@ -174,7 +178,8 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
         tracker.client.log_text(tracker.parent_run_id, yaml.safe_dump(cfg.model_dump(), sort_keys=False), "resolved_space.yaml")
     if address is None:
         print("computing (or loading) the FID reference statistics once, before the trials start ...", flush=True)
-        Evaluator(base, "cpu").reference  # noqa: B018 -- fills the shared on-disk cache
+        with Progress() as progress:
+            Evaluator(base, "cpu", progress=progress).reference  # noqa: B018 -- fills the shared on-disk cache
     ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
     try:
         results = build_tuner(cfg, base, checked, tracker, resume).fit()
@@ -196,4 +201,5 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
     tracker.finish_parent(metrics, best.params if best else {}, tags)
     log_best_interpolations(tracker, summary)
     print_summary(cfg, summary, checked, tracker)
+    report_after_sweep(tracker.tracking_uri, cfg, checked.experiment_path, tracker.parent_run_id)
     return summary

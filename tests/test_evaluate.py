@@ -204,3 +204,39 @@ def test_sampler_steps_are_capped_at_the_training_timesteps(tmp_path):
     cfg = eval_config(tmp_path, sampler="ddpm", sampling_steps=500)  # ddim would be refused by the config
     assert cfg.diffusion.timesteps == 100
     assert sampler_settings(cfg).steps == 100
+
+
+# --- progress bars ----------------------------------------------------------------------------
+
+
+class RecordingProgress:
+    """Stands in for rich's Progress: records each task's total, advances and removal."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, dict] = {}
+
+    def add_task(self, description: str, total: int, **fields) -> int:
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "done": 0, "removed": False}
+        return len(self.tasks) - 1
+
+    def advance(self, task: int, amount: int) -> None:
+        self.tasks[task]["done"] += amount
+
+    def remove_task(self, task: int) -> None:
+        self.tasks[task]["removed"] = True
+
+
+def test_progress_shows_sampling_and_inception_passes_to_completion(trained, features, cache_dir):
+    progress = RecordingProgress()
+    evaluator = Evaluator(eval_config(cache_dir), "cpu", features, progress=progress)
+    try:
+        evaluator(trained.ema.shadow, trained.schedule)
+    finally:
+        features.progress = None
+    shown = [(t["description"], t["total"], t["done"], t["removed"]) for t in progress.tasks.values()]
+    assert ("sampling", NUM_SAMPLES, NUM_SAMPLES, True) in shown
+    assert ("Inception features", NUM_SAMPLES, NUM_SAMPLES, True) in shown
+
+
+def test_no_progress_by_default(features, cache_dir):
+    assert Evaluator(eval_config(cache_dir), "cpu", features).progress is None and features.progress is None
