@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import json
 import math
 import os
 import sys
@@ -30,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from sweep.config import Dimension, SweepConfig, parse_sweep
 from sweep.rank_fidelity import RungFidelity, rank_fidelity
-from sweep.space import _label
+from sweep.space import categorical_label
 from sweep.tracking import STATUS_TAG, SWEEP_TAG, TRIAL_TAG, resolve_tracking_uri, retrying
 
 REPORT_FILE = "sweep_report.html"
@@ -54,6 +55,8 @@ class TrialData:
     params: dict[str, str]
     fid: dict[int, float] = field(default_factory=dict)
     fid_time: dict[int, int] = field(default_factory=dict)  # step -> ms timestamp of the evaluation
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each metric
+    sampling_best: str | None = None  # JSON settings of the final-rung sampling study's best configuration
 
     @property
     def last_step(self) -> int:
@@ -119,7 +122,8 @@ def collect(client: MlflowClient, experiment: str, name: str, cfg: SweepConfig |
     for run in sorted(children, key=lambda r: r.info.start_time or 0):
         tags = run.data.tags
         trial = TrialData(run.info.run_id, tags.get("mlflow.runName", run.info.run_id[:8]), tags.get(TRIAL_TAG, ""),
-                          tags.get(STATUS_TAG, "running"), dict(run.data.params))
+                          tags.get(STATUS_TAG, "running"), dict(run.data.params), metrics=dict(run.data.metrics),
+                          sampling_best=tags.get("sampling_best"))
         for m in retrying(lambda rid=run.info.run_id: client.get_metric_history(rid, "fid")):
             trial.fid[int(m.step)], trial.fid_time[int(m.step)] = float(m.value), int(m.timestamp)
         trials.append(trial)
@@ -169,7 +173,7 @@ def best_vs_compute(data: SweepData) -> go.Figure:
 
 def _distribution(dim: Dimension) -> optuna.distributions.BaseDistribution:
     if dim.kind == "choice":
-        return optuna.distributions.CategoricalDistribution([_label(c) for c in dim.choices or []])
+        return optuna.distributions.CategoricalDistribution([categorical_label(c) for c in dim.choices or []])
     if dim.kind == "int":
         return optuna.distributions.IntDistribution(int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
     return optuna.distributions.FloatDistribution(dim.low, dim.high, step=dim.step, log=dim.log)
@@ -180,7 +184,7 @@ def _param_value(dim: Dimension, text: str) -> Any:
     if dim.kind == "choice":
         for choice in dim.choices or []:
             if str(choice) == text:
-                return _label(choice)
+                return categorical_label(choice)
         raise ValueError(f"{text!r} is not one of {dim.choices}")
     return int(float(text)) if dim.kind == "int" else float(text)
 
@@ -314,6 +318,21 @@ th{background:#f0f0f0} tr.best{background:#e3f5e1;font-weight:bold} tr.pruned{co
 """
 
 
+def no_retrain_text(trial: TrialData) -> str:
+    """The best trial's EMA rate (EMA bank) and best sampling settings (sampling study), when it has them."""
+    parts = []
+    if "ema_rate" in trial.metrics:
+        parts.append(f"EMA rate {trial.metrics['ema_rate']:g}")
+    if trial.sampling_best:
+        settings = ", ".join(f"{k.removeprefix('eval.')}={_fmt(v) if isinstance(v, float) else v}"
+                             for k, v in json.loads(trial.sampling_best).items())
+        parts.append(f"sampling {settings} (study FID {trial.metrics.get('sampling_best_fid', math.nan):.2f} vs "
+                     f"{trial.metrics.get('sampling_default_fid', math.nan):.2f} with the configured sampler)")
+    elif trial.status == "completed":
+        parts.append("no sampling study (declare eval.search to run one)")
+    return "; ".join(parts) or "nothing (the trial did not reach the final rung)"
+
+
 def build_html(client: MlflowClient, data: SweepData, fidelity: list[RungFidelity]) -> str:
     """The whole report as one HTML page with plotly.js inlined once (works offline)."""
     from plotly.offline import get_plotlyjs
@@ -335,6 +354,8 @@ def build_html(client: MlflowClient, data: SweepData, fidelity: list[RungFidelit
         + (f"{len(pruned_ahead_of_winner(data))} pruned trial(s) were ahead of the winner when stopped. " if winner else "no trial has finished yet. ")
         + "See <a href='#fidelity'>rank fidelity</a>.</li>",
     ]
+    if best:
+        answers.append(f"<li><b>Found without retraining:</b> {html.escape(no_retrain_text(best))}</li>")
     grids = _sample_grids(client, best) if best else []
     grid_html = "".join(f"<figure><img src='data:image/png;base64,{b64}' alt='{html.escape(c)}'><figcaption>{html.escape(c)}</figcaption></figure>"
                         for c, b64 in grids)
