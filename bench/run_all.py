@@ -37,6 +37,7 @@ def plan(quick: bool, cuda: bool, device: str) -> dict[str, tuple[str, list[str]
         sampling = ["--preset", "cifar", "--batch-size", "128"] + (["--repeats", "3"] if quick else [])
         fid = ["--num-images", "500" if quick else "2000", "--batch-size", "50"]
         evaluation = ["--num-samples", "1000" if quick else "10000", "--reference-images", "1000" if quick else "10000"]
+        no_retrain = ["--steps", "300" if quick else "2000", "--num-samples", "256" if quick else "1000"]
     else:
         # quick: cpu-preset network at half its batch, and 2-image sampling calls, so that a run fits in
         # minutes on a shared 2-core machine with enough repetitions to take a median over.
@@ -45,11 +46,13 @@ def plan(quick: bool, cuda: bool, device: str) -> dict[str, tuple[str, list[str]
                                           else ["--batch-size", "8", "--repeats", "5"])
         fid = ["--num-images", "32" if quick else "2000", "--batch-size", "16" if quick else "50"]
         evaluation = ["--num-samples", "64" if quick else "10000", "--reference-images", "64" if quick else "2000"]
+        no_retrain = ["--steps", "100", "--num-samples", "16", "--study-trials", "2"] if quick else []
     return {
         "train": ("-m bench.bench_train", train + dev),
         "sampling": ("-m bench.bench_sampling", sampling + dev),
         "fid": ("bench/bench_fid_features.py", fid + dev),
         "eval": ("-m bench.bench_eval", evaluation + dev),
+        "no_retrain": ("-m bench.bench_no_retrain", no_retrain),
     }
 
 
@@ -248,6 +251,38 @@ def section_eval(r: dict[str, Any], cmd: str) -> list[str]:
     ]
 
 
+def section_no_retrain(r: dict[str, Any], cmd: str) -> list[str]:
+    """EMA bank vs one training per rate, and a sampling study vs one training per sampling configuration."""
+    k, m = len(r["rates"]), r["study_trials"]
+    fids = ", ".join(f"{rate}: {fid:.2f}" for rate, fid in r["bank_fids"].items())
+    settings = ", ".join(f"{key.removeprefix('eval.')}={value}" for key, value in r["study_best"].items())
+    return [
+        "## Searching without retraining (EMA bank, sampling study)",
+        "",
+        f"Small real problem: scikit-learn digits, a smoke-size U-Net, {r['steps']} training steps per training, "
+        f"FID on {r['num_samples']} samples; {r['device']}.",
+        "",
+        "| search | found | compute | the ordinary way | compute | saving |",
+        "|---|---|---|---|---|---|",
+        f"| best of {k} EMA rates | rate {r['best_rate_bank']:g} (EMA bank, 1 training) | {r['bank_train_steps']:,} steps, "
+        f"{r['bank_seconds']:.0f} s | rate {r['best_rate_separate']:g} ({k} trainings, one `ema_decay` each) | "
+        f"{r['separate_train_steps']:,} steps, {r['separate_seconds']:.0f} s | **{r['separate_train_steps'] / r['bank_train_steps']:.1f}x** "
+        f"fewer steps, **{r['separate_seconds'] / r['bank_seconds']:.1f}x** less time |",
+        f"| best of {m} sampling configurations | FID {r['study_default_fid']:.2f} -> {r['study_best_fid']:.2f} (study on the "
+        f"checkpoint) | 0 steps, {r['study_seconds']:.0f} s | {m + 1} trainings (a sampling dimension in the training search) | "
+        f"{(m + 1) * r['steps']:,} steps, ~{r['retrain_equivalent_seconds']:.0f} s | **{r['retrain_equivalent_seconds'] / r['study_seconds']:.1f}x** less time |",
+        "",
+        f"- FID per EMA rate from the bank: {fids}; identical to the separate trainings' FIDs: **{r['fids_identical']}** "
+        "(the bank's copies equal separately trained EMAs bit for bit, and evaluations use common random numbers).",
+        f"- Best sampling settings found: {settings}.",
+        "- The ordinary sampling-dimension cost is the measured mean cost of one training plus its evaluation above, times the "
+        "configurations (the run's own settings plus the study's proposals).",
+        "",
+        f"Reproduce: `{cmd}`",
+        "",
+    ]
+
+
 def failed_section(title: str, error: str, cmd: str) -> list[str]:
     return [f"## {title}", "", "**Not measured in this run:**", "", "```", error.strip(), "```", "",
             f"Reproduce: `{cmd}`", ""]
@@ -337,9 +372,10 @@ def write_report(out: Path, meta: dict[str, Any], results: dict[str, Any], error
         lines.append(f"| FID/KID evaluation of {r['num_samples']:,} samples, s | {r['eval_seconds']:.0f} wall, "
                      f"{r['eval_cpu_seconds']:.0f} CPU | - | - | - | measured (no peer) |")
     lines.append("")
-    builders = {"train": section_train, "sampling": section_sampling, "fid": section_fid, "eval": section_eval}
+    builders = {"train": section_train, "sampling": section_sampling, "fid": section_fid, "eval": section_eval,
+                "no_retrain": section_no_retrain}
     titles = {"train": "Training-step throughput", "sampling": "DDIM sampling throughput", "fid": "FID feature extraction",
-              "eval": "The price of a rung: FID/KID evaluation"}
+              "eval": "The price of a rung: FID/KID evaluation", "no_retrain": "Searching without retraining"}
     for name, build in builders.items():
         if name in results:
             lines += build(results[name], commands[name])
@@ -357,7 +393,7 @@ def main() -> None:
     p.add_argument("--json-dir", type=Path, default=None, help="keep each benchmark's JSON here (default: a temporary folder)")
     p.add_argument("--reuse-json", action="store_true",
                    help="take a benchmark's result from --json-dir when its JSON is already there (resume a long run)")
-    p.add_argument("--only", nargs="*", choices=(*TARGETS, "eval"), default=None, help="run only these benchmarks")
+    p.add_argument("--only", nargs="*", choices=(*TARGETS, "eval", "no_retrain"), default=None, help="run only these benchmarks")
     args = p.parse_args()
 
     import torch

@@ -1,5 +1,6 @@
 """The smoke sweep against a two-node Ray cluster started on this machine with `--address`:
-trials run on more than one node and every trial's MLflow child run lands in the one store."""
+trials run on more than one node and every trial's MLflow child run lands in the one store.
+Each trial also keeps an EMA bank (its searched ema_decay plus 0.999), evaluated at every rung."""
 import subprocess
 
 import pytest
@@ -21,7 +22,8 @@ def two_node_cluster():
 
 def test_sweep_spreads_over_two_nodes_into_one_mlflow_store(two_node_cluster, tmp_path):
     cmd, env = smoke_sweep_command(tmp_path, "name=multinode", "sweep.num_trials=4", "train.max_steps=200",
-                                   "eval.num_samples=32", "eval.reference_images=128")
+                                   "eval.num_samples=32", "eval.reference_images=128",
+                                   "train.ema_rates=[0.999]")
     cmd += ["--address", two_node_cluster.address]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -30,5 +32,11 @@ def test_sweep_spreads_over_two_nodes_into_one_mlflow_store(two_node_cluster, tm
     assert len(children) == 4
     nodes = {c.data.tags["node_id"] for c in children}
     assert len(nodes) == 2, f"all trials ran on {nodes}"
-    assert all(client.get_metric_history(c.info.run_id, "fid") for c in children)
+    for child in children:
+        fid = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "fid")}
+        banked = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "fid_ema_0.999")}
+        searched = {m.step: m.value for m in client.get_metric_history(child.info.run_id, f"fid_ema_{child.data.params['train.ema_decay']}")}
+        assert fid and set(fid) == set(banked) == set(searched), "the EMA bank was not evaluated at every rung"
+        assert all(fid[s] == min(banked[s], searched[s]) for s in fid), "reported FID is not the bank's best"
+    assert "best EMA rate: " in proc.stdout
     assert len(list((tmp_path / "fid_cache").glob("ref-*.npz"))) == 1

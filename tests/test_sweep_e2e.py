@@ -1,5 +1,6 @@
 """The smoke sweep end to end on this CPU: Ray Tune + OptunaSearch + ASHA + MLflow, read back."""
 import json
+from pathlib import Path
 
 from helpers import sweep_runs
 
@@ -9,6 +10,7 @@ SIX = ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout",
 def test_summary_printed(smoke_sweep):
     _, output = smoke_sweep
     assert "best FID" in output and "pruned by ASHA" in output and "mlflow ui --backend-store-uri sqlite:///" in output
+    assert "best EMA rate: " in output
 
 
 def test_mlflow_has_one_child_run_per_trial_with_history_images_and_checkpoint(smoke_sweep):
@@ -53,3 +55,27 @@ def test_ray_results_hold_every_trial(smoke_sweep):
         lines = (folder / "result.json").read_text().splitlines()
         last_steps.append(json.loads(lines[-1])["step"])
     assert min(last_steps) < 300 and max(last_steps) == 300
+
+
+def test_surviving_trials_ran_a_sampling_study_on_their_final_checkpoint(smoke_sweep):
+    work, output = smoke_sweep
+    client, parents, children = sweep_runs(work, "smoke")
+    completed = [c for c in children if c.data.tags["diffusion_sweep.status"] == "completed"]
+    for child in children:
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        studied = "sampling_study.json" in artifacts
+        assert studied == (child in completed), (child.data.tags["diffusion_sweep.status"], artifacts)
+    for child in completed:
+        metrics = child.data.metrics
+        assert metrics["sampling_best_fid"] <= metrics["sampling_default_fid"]
+        best = json.loads(child.data.tags["sampling_best"])
+        assert best["eval.sampler"] in ("ddim", "ddpm") and 10 <= best["eval.sampling_steps"] <= 40
+        folder = work / "tables" / child.info.run_id
+        folder.mkdir(parents=True)
+        table = json.loads(Path(client.download_artifacts(child.info.run_id, "sampling_study.json", str(folder))).read_text())
+        assert len(table["data"]) == 1 + 3  # the configured sampler, then eval.search.trials configurations
+    parent = parents[0]
+    best_run = next(c for c in children if c.info.run_id == parent.data.tags["best_run_id"])
+    if best_run in completed:
+        assert json.loads(parent.data.tags["best_sampling"]) == json.loads(best_run.data.tags["sampling_best"])
+        assert "best sampling: sampler=" in output
