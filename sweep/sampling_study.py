@@ -109,13 +109,14 @@ def run_sampling_study(model: nn.Module, schedule: NoiseSchedule, cfg: RunConfig
         sampler, count = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=min(4, search.trials)), search.trials
     study = optuna.create_study(direction="minimize", sampler=sampler)
     default = score({})
-    trials = []
-    for _ in range(count):
-        trial = study.ask()
+    trials: list[SamplingTrial] = []
+
+    def objective(trial: optuna.Trial) -> float:
         decoded = define_by_run(trial, search.dimensions)
-        scored = score({**trial.params, **decoded})
-        study.tell(trial, scored.fid)
-        trials.append(scored)
+        trials.append(score({**trial.params, **decoded}))
+        return trials[-1].fid
+
+    study.optimize(objective, n_trials=count)  # GridSampler stops the study itself once the grid is done
     return SamplingStudyResult(default, trials, num_samples)
 
 
