@@ -27,6 +27,7 @@ class EvalResult:
     kid_std: float
     seconds: float
     grid: Tensor  # uint8 (3, H, W) image grid of the first samples
+    sampling_seconds: float = 0.0  # of ``seconds``, the time spent generating the samples
 
     def metrics(self) -> dict[str, float]:
         return {"fid": self.fid, "kid": self.kid, "kid_std": self.kid_std, "eval_seconds": self.seconds}
@@ -129,11 +130,12 @@ class Evaluator:
         start = time.perf_counter()
         reference = self.reference
         images = to_unit_range(to_uint8(self.generate(model, schedule)))  # quantised like the reference
+        sampling_seconds = time.perf_counter() - start
         scores = fid_kid(self.features(images), reference, self.cfg.eval.kid_subset_size)
         grid = make_grid(to_uint8(images[: self.cfg.eval.grid_size]), nrow=max(1, int(len(images[: self.cfg.eval.grid_size]) ** 0.5)))
         seconds = time.perf_counter() - start
         log.info("evaluated %d samples in %.1fs: FID %.2f, KID %.4f", len(images), seconds, scores["fid"], scores["kid"])
-        return EvalResult(scores["fid"], scores["kid"], scores["kid_std"], seconds, grid)
+        return EvalResult(scores["fid"], scores["kid"], scores["kid_std"], seconds, grid, sampling_seconds)
 
 
 def evaluate_bank(evaluator: Evaluator, models: dict[float, nn.Module], schedule: NoiseSchedule) -> BankEvaluation:
