@@ -342,6 +342,10 @@ def write_report(out: Path, meta: dict[str, Any], results: dict[str, Any], error
         "| versions | " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + " |",
         "",
     ]
+    if meta["reused"]:
+        lines += [f"Results of {', '.join(meta['reused'])} were measured by an earlier, interrupted run of this command and "
+                  "taken from its JSON (`--reuse-json`); the load average and wall time above are of the run that assembled "
+                  "this file. The earlier run shared the 2 cores with test suites and sweeps (load average 4-9).", ""]
     if not meta["cuda"]:
         lines += [
             f"CPU run ({meta['cores']} cores): absolute img/s depend on what else the machine ran at the time (see the load "
@@ -410,6 +414,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
     commands: dict[str, str] = {}
+    reused: list[str] = []
     for name, (launch, bench_args) in plan(args.quick, cuda, args.device).items():
         commands[name] = command(launch, bench_args, threads)
         if args.only and name not in args.only:
@@ -418,6 +423,7 @@ def main() -> None:
         json_path = json_dir / f"{name}.json"
         if args.reuse_json and json_path.is_file():
             results[name] = json.loads(json_path.read_text())
+            reused.append(name)
             print(f"[{name}: reused {json_path}]", flush=True)
             continue
         result, error, seconds = run_one(launch, bench_args, json_path, env)
@@ -442,6 +448,7 @@ def main() -> None:
         "seconds": time.perf_counter() - start,
         "versions": versions(),
         "cuda": cuda,
+        "reused": reused,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
     write_report(args.out, meta, results, errors, commands)
