@@ -121,7 +121,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
-            "ema_bank": self.emas.state_dict(),
+            "ema_extra": [ema.state_dict() for ema in self.emas.emas.values() if ema is not self.ema],
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "config": self.cfg.model_dump_json(),
@@ -129,9 +129,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        if "ema_bank" in state:
-            self.emas.load_state_dict(state["ema_bank"])
+        self.emas.load_state_dict({"emas": [state["ema"], *state.get("ema_extra", [])]})  # the primary EMA comes first
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["cpu"])
