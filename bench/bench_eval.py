@@ -24,8 +24,7 @@ import torch
 
 from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator
-from diffusion_core.schedules import NoiseSchedule
-from diffusion_core.trainer import build_model
+from diffusion_core.trainer import build_model, build_schedule
 
 DEFAULT_DATA = Path(os.environ.get("DIFFUSION_SWEEP_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -69,7 +68,7 @@ def main() -> None:
         cfg = eval_config(args, args.cache_dir or scratch)
         torch.manual_seed(0)
         model = build_model(cfg).to(device)
-        schedule = NoiseSchedule.create(cfg.diffusion.schedule, cfg.diffusion.timesteps).to(device)
+        schedule = build_schedule(cfg).to(device)
         evaluator = Evaluator(cfg, device)
         start, cpu_start = time.perf_counter(), cpu_seconds()
         evaluator.reference  # noqa: B018 - computes and caches the reference statistics

@@ -30,7 +30,7 @@ from diffusion_core.data import DatasetError, load_images, to_unit_range
 from diffusion_core.objectives import Prediction
 from diffusion_core.samplers import SamplerSettings, sample, sample_from
 from diffusion_core.schedules import NoiseSchedule
-from diffusion_core.trainer import build_model
+from diffusion_core.trainer import build_model, build_schedule
 
 DDIM = SamplerSettings(kind="ddim", eta=0.0, clip="static")
 
@@ -138,7 +138,7 @@ def interpolation_grids(
 ) -> dict[str, tuple[Tensor, int]]:
     """The noise grid and, when ``pairs`` > 0, the x_t-space grid of real images: name → (images, per row).
     ``t`` defaults to T/2, ``steps`` to ``eval.sampling_steps``."""
-    schedule = NoiseSchedule.create(cfg.diffusion.schedule, cfg.diffusion.timesteps, cfg.diffusion.cosine_s).to(device)
+    schedule = build_schedule(cfg).to(device)
     steps = steps or cfg.eval.sampling_steps
     shape = (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
     generator = torch.Generator().manual_seed(seed)

@@ -43,6 +43,12 @@ def build_model(cfg: RunConfig) -> UNet:
     )
 
 
+def build_schedule(cfg: RunConfig) -> NoiseSchedule:
+    """The run's noise schedule (``diffusion.schedule``, ``timesteps``, ``cosine_s``)."""
+    d = cfg.diffusion
+    return NoiseSchedule.create(d.schedule, d.timesteps, d.cosine_s)
+
+
 class Trainer:
     """One training run. ``step`` counts optimizer steps done; ``train_until`` continues from it."""
 
@@ -60,7 +66,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=self.device.type == "cuda"
         )
-        self.schedule = NoiseSchedule.create(cfg.diffusion.schedule, cfg.diffusion.timesteps, cfg.diffusion.cosine_s).to(self.device)
+        self.schedule = build_schedule(cfg).to(self.device)
         self.order = BatchOrder(len(self.data), train.batch_size, train.seed)
         self.generator = torch.Generator(self.device).manual_seed(train.seed + 1)
         self.amp_dtype = torch.bfloat16 if self.device.type == "cuda" and train.mixed_precision else None
