@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import io
 import sys
-import tempfile
 
 import torch
 from mlflow.exceptions import MlflowException
 
 from diffusion_core.checkpoint import CheckpointError
 from diffusion_core.data import DatasetError
-from diffusion_core.interpolate import interpolation_grids, load_model, write_grid
+from diffusion_core.interpolate import interpolation_grids, write_grid
 from sweep.summary import SweepSummary
-from sweep.tracking import SweepTracker, TrialRun
+from sweep.tracking import SweepTracker, TrialRun, load_best_model
 
-BEST_CHECKPOINT = "checkpoints/best_ema.pt"
 ARTIFACT_DIR = "interpolation"
 
 
@@ -27,9 +25,7 @@ def log_best_interpolations(tracker: SweepTracker, summary: SweepSummary, rows: 
         return []
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            path = tracker.client.download_artifacts(best.run_id, BEST_CHECKPOINT, folder)
-            model, cfg = load_model(path, device)
+        model, cfg = load_best_model(tracker.client, best.run_id, device)
         grids = interpolation_grids(model, cfg, rows=rows, cols=cols, pairs=pairs, device=device)
         run = TrialRun(tracker.client, best.run_id)
         logged = []

@@ -24,15 +24,14 @@ from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-import yaml
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweep.config import Dimension, SweepConfig, parse_sweep
+from sweep.config import Dimension, SweepConfig
 from sweep.rank_fidelity import RungFidelity, rank_fidelity
 from sweep.space import categorical_label
-from sweep.tracking import STATUS_TAG, SWEEP_TAG, TRIAL_TAG, resolve_tracking_uri, retrying
+from sweep.tracking import STATUS_TAG, SWEEP_TAG, TRIAL_TAG, load_resolved_sweep, resolve_tracking_uri, retrying
 
 REPORT_FILE = "sweep_report.html"
 QUIET_DOWNLOADS = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
@@ -105,17 +104,10 @@ def find_parent(client: MlflowClient, experiment: str, name: str) -> Any:
     return runs[0]
 
 
-def load_sweep_config(client: MlflowClient, parent_run_id: str) -> SweepConfig:
-    """The sweep file as the driver resolved it (the parent run's ``resolved_space.yaml``)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(parent_run_id, "resolved_space.yaml", folder)
-        return parse_sweep(yaml.safe_load(Path(path).read_text()), "resolved_space.yaml")
-
-
 def collect(client: MlflowClient, experiment: str, name: str, cfg: SweepConfig | None = None, parent_run_id: str | None = None) -> SweepData:
     """Parent run (``parent_run_id``, else the sweep's latest), search space and every child run's FID history."""
     parent = retrying(lambda: client.get_run(parent_run_id)) if parent_run_id else find_parent(client, experiment, name)
-    cfg = cfg or load_sweep_config(client, parent.info.run_id)
+    cfg = cfg or load_resolved_sweep(client, parent.info.run_id)
     children = retrying(lambda: client.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10_000))
     trials = []

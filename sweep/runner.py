@@ -28,7 +28,7 @@ from sweep.preflight import Checked
 from sweep.report import report_after_sweep
 from sweep.space import make_space
 from sweep.summary import SweepSummary, TrialOutcome, outcome_label, summarize
-from sweep.tracking import TRIAL_TAG, SweepTracker, TrialRun
+from sweep.tracking import RESOLVED_SPACE, TRIAL_TAG, SweepTracker, TrialRun
 from sweep.trainable import run_trial
 
 METRIC, MODE = "fid", "min"
@@ -175,7 +175,7 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
     tracker.start_parent(cfg.name, resume, {"source_file": cfg.source, "inception_weights_sha256": checked.weights.sha256})
     if not resume:
         tracker.client.log_text(tracker.parent_run_id, Path(cfg.source).read_text(), "search_space.yaml")
-        tracker.client.log_text(tracker.parent_run_id, yaml.safe_dump(cfg.model_dump(), sort_keys=False), "resolved_space.yaml")
+        tracker.client.log_text(tracker.parent_run_id, yaml.safe_dump(cfg.model_dump(), sort_keys=False), RESOLVED_SPACE)
     if address is None:
         print("computing (or loading) the FID reference statistics once, before the trials start ...", flush=True)
         with Progress() as progress:

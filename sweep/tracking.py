@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import io
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from torch import nn
+
+from diffusion_core.config import RunConfig
+from diffusion_core.interpolate import load_model
+from sweep.config import SweepConfig, parse_sweep
 
 T = TypeVar("T")
 SWEEP_TAG = "diffusion_sweep.name"
 TRIAL_TAG = "diffusion_sweep.trial_id"
 STATUS_TAG = "diffusion_sweep.status"
+BEST_CHECKPOINT = "checkpoints/best_ema.pt"  # a trial run's best EMA weights, with its run config inside
+RESOLVED_SPACE = "resolved_space.yaml"  # the parent run's sweep file as the driver resolved it
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -57,6 +66,19 @@ def default_artifact_root(tracking_uri: str) -> Path | None:
     if tracking_uri.startswith("sqlite:///"):
         return Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts"
     return None
+
+
+def load_resolved_sweep(client: MlflowClient, parent_run_id: str) -> SweepConfig:
+    """The sweep of a parent run, from its ``resolved_space.yaml`` artifact."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(parent_run_id, RESOLVED_SPACE, folder)
+        return parse_sweep(yaml.safe_load(Path(path).read_text()), RESOLVED_SPACE)
+
+
+def load_best_model(client: MlflowClient, run_id: str, device: str = "cpu") -> tuple[nn.Module, RunConfig]:
+    """A trial run's best EMA network and its run config, from its ``checkpoints/best_ema.pt`` artifact."""
+    with tempfile.TemporaryDirectory() as folder:
+        return load_model(client.download_artifacts(run_id, BEST_CHECKPOINT, folder), device)
 
 
 class TrialRun:

@@ -27,7 +27,7 @@ from diffusion_core.evaluate import Evaluator, evaluate_bank
 from diffusion_core.trainer import DivergenceError, Trainer
 from sweep.config import SweepConfig
 from sweep.sampling_study import SamplingStudyResult, describe, run_sampling_study
-from sweep.tracking import TrialRun
+from sweep.tracking import BEST_CHECKPOINT, TrialRun
 
 CHECKPOINT_FILE = "trainer.pt"
 log = logging.getLogger(__name__)
@@ -112,8 +112,8 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
                 if result.fid < best_fid:
                     best_fid = result.fid
                     best = save_atomic({"ema": models[bank.best_rate].state_dict(), "ema_rate": bank.best_rate, "step": trainer.step,
-                                        "fid": result.fid, "config": cfg.model_dump_json()}, Path(folder) / "best_ema.pt")
-                    run.log_file(best, "checkpoints")
+                                        "fid": result.fid, "config": cfg.model_dump_json()}, Path(folder) / Path(BEST_CHECKPOINT).name)
+                    run.log_file(best, str(Path(BEST_CHECKPOINT).parent))
                 trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE, extra={"mlflow_run_id": run.run_id, "best_fid": best_fid})
                 tune.report(
                     {**metrics, **reported, "step": trainer.step, "best_fid": best_fid, "mlflow_run_id": run.run_id, "node_id": node["node_id"]},

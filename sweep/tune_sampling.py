@@ -11,27 +11,19 @@ import json
 import logging
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from diffusion_core.checkpoint import CheckpointError
 from diffusion_core.config import ConfigError, RunConfig
 from diffusion_core.inception_weights import InceptionWeightsError
-from diffusion_core.interpolate import load_model
 from diffusion_core.metrics import InceptionFeatures
-from diffusion_core.schedules import NoiseSchedule
-from diffusion_core.trainer import default_device
-from sweep.config import SamplingSearch, load_sweep, parse_sweep
+from diffusion_core.trainer import build_schedule, default_device
+from sweep.config import SamplingSearch, load_sweep
 from sweep.sampling_study import SamplingTrial, describe, run_sampling_study
-from sweep.tracking import TRIAL_TAG, TrialRun, resolve_tracking_uri
-
-CHECKPOINT = "checkpoints/best_ema.pt"
-
+from sweep.tracking import BEST_CHECKPOINT, RESOLVED_SPACE, TRIAL_TAG, TrialRun, load_best_model, load_resolved_sweep, resolve_tracking_uri
 
 class NotFoundError(RuntimeError):
     """The run, its checkpoint or its search space cannot be found."""
@@ -50,17 +42,16 @@ def find_run(client: MlflowClient, key: str) -> str:
     return runs[0].info.run_id
 
 
-def load_network(client: MlflowClient, run_id: str, folder: Path) -> tuple[RunConfig, torch.nn.Module]:
+def load_network(client: MlflowClient, run_id: str) -> tuple[RunConfig, torch.nn.Module]:
     """The run config and best EMA network of the run's ``checkpoints/best_ema.pt`` artifact."""
     try:
-        path = client.download_artifacts(run_id, CHECKPOINT, str(folder))
+        model, cfg = load_best_model(client, run_id)
     except (MlflowException, OSError):
-        raise NotFoundError(f"run {run_id}: no {CHECKPOINT} artifact (the trial never finished an evaluation)") from None
-    model, cfg = load_model(path)
+        raise NotFoundError(f"run {run_id}: no {BEST_CHECKPOINT} artifact (the trial never finished an evaluation)") from None
     return cfg, model
 
 
-def sweep_search(client: MlflowClient, run_id: str, space: str | None, folder: Path) -> SamplingSearch:
+def sweep_search(client: MlflowClient, run_id: str, space: str | None) -> SamplingSearch:
     """``eval.search`` of ``--space`` or, by default, of the sweep that made the run."""
     if space is not None:
         search, source = load_sweep(space).sampling_search, space
@@ -69,10 +60,9 @@ def sweep_search(client: MlflowClient, run_id: str, space: str | None, folder: P
         if not parent:
             raise NotFoundError(f"run {run_id} has no parent sweep run; pass --space FILE")
         try:
-            source = client.download_artifacts(parent, "resolved_space.yaml", str(folder))
+            search, source = load_resolved_sweep(client, parent).sampling_search, f"sweep run {parent} ({RESOLVED_SPACE})"
         except (MlflowException, OSError):
-            raise NotFoundError(f"sweep run {parent}: no resolved_space.yaml artifact; pass --space FILE") from None
-        search = parse_sweep(yaml.safe_load(Path(source).read_text()), source).sampling_search
+            raise NotFoundError(f"sweep run {parent}: no {RESOLVED_SPACE} artifact; pass --space FILE") from None
     if search is None:
         raise ConfigError(f"{source}: eval.search: not declared; add sampling dimensions there (see README) or pass --space FILE")
     return search
@@ -95,13 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     client = MlflowClient(resolve_tracking_uri(args.tracking_uri))
     device = default_device() if args.device == "auto" else torch.device(args.device)
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            run_id = find_run(client, args.run)
-            cfg, model = load_network(client, run_id, Path(folder))
-            search = sweep_search(client, run_id, args.space, Path(folder))
-            updates = {"trials": args.trials, "num_samples": args.num_samples}
-            search = SamplingSearch.model_validate({**search.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
-            features = InceptionFeatures(cfg.eval.inception_weights, device=device)
+        run_id = find_run(client, args.run)
+        cfg, model = load_network(client, run_id)
+        search = sweep_search(client, run_id, args.space)
+        updates = {"trials": args.trials, "num_samples": args.num_samples}
+        search = SamplingSearch.model_validate({**search.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+        features = InceptionFeatures(cfg.eval.inception_weights, device=device)
     except (NotFoundError, CheckpointError, ConfigError, InceptionWeightsError, ValueError) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
@@ -111,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = ", ".join(f"{k.removeprefix('eval.')}={v}" for k, v in trial.params.items()) or "the run's own settings"
         print(f"  FID {trial.fid:8.2f}  KID {trial.kid:.4f}  {trial.seconds:5.1f}s  {settings}", flush=True)
 
-    study = run_sampling_study(model.to(device), NoiseSchedule.create(cfg.diffusion.schedule, cfg.diffusion.timesteps,
-                                                                      cfg.diffusion.cosine_s).to(device),
-                               cfg, search, features, device, on_trial=show)
+    study = run_sampling_study(model.to(device), build_schedule(cfg).to(device), cfg, search, features, device, on_trial=show)
     run = TrialRun(client, run_id)
     run.log_table(study.table(), "sampling_study_cli.json")
     run.set_tags({"sampling_best_cli": json.dumps(study.best_settings(cfg))})
