@@ -3,11 +3,13 @@ FLOP counting and peak-FLOP/s lookup, interleaved timing."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +52,13 @@ PRESETS: dict[str, Preset] = {
     # Small enough for a shared 2-core CPU.
     "cpu": Preset(32, 3, 32, (1, 2, 2), 2, (16,), 4, 16),
 }
+
+
+def write_result(result: dict[str, Any], out: Path | None) -> None:
+    """A benchmark's result as JSON at ``out`` (run_all reads it back), if given."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from bench._common import resolve_device, write_result
 from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator
 from diffusion_core.trainer import build_model, build_schedule
@@ -63,7 +64,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = p.parse_args()
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as scratch:
         cfg = eval_config(args, args.cache_dir or scratch)
         torch.manual_seed(0)
@@ -97,9 +98,7 @@ def main() -> None:
         "torch": torch.__version__,
     }
     print(json.dumps(out, indent=2))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_result(out, args.out)
 
 
 if __name__ == "__main__":

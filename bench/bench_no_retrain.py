@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from bench._common import write_result
 from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator, evaluate_bank
 from diffusion_core.trainer import Trainer
@@ -116,9 +117,7 @@ def main() -> None:
         "threads_env": os.environ.get("OMP_NUM_THREADS", ""),
     }
     print(json.dumps(result, indent=2))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

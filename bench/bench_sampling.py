@@ -14,7 +14,6 @@ The network's zero-initialised layers are re-randomised so that it predicts non-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from bench._common import (
     resolve_preset,
     spread,
     sync,
+    write_result,
 )
 from diffusion_core.samplers import SamplerSettings, leading_timesteps, sample
 from diffusion_core.schedules import NoiseSchedule
@@ -207,9 +207,7 @@ def main() -> None:
     if overhead is not None:
         print(f"sampler overhead with a null network: ours {overhead['ours_us_per_step']:.0f} us/step, "
               f"diffusers {overhead['diffusers_us_per_step']:.0f} us/step (ratio {overhead['ratio']:.2f}x)")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Repetitions of ``--steps`` steps are interleaved ours/theirs (order rotated) and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from bench._common import (
     resolve_preset,
     spread,
     sync,
+    write_result,
 )
 from diffusion_core.objectives import diffusion_loss
 from diffusion_core.schedules import NoiseSchedule
@@ -196,9 +196,7 @@ def main() -> None:
     print(f"| {result['device']} | {preset.batch_size} | {med['ours']:.1f} | {med['diffusers']:.1f} | "
           f"{result['ratio']:.2f}x | {flops_ours / 1e9:.1f} / {flops_theirs / 1e9:.1f} | "
           f"{mfu(result['mfu_ours'])} / {mfu(result['mfu_diffusers'])} |")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
