@@ -20,7 +20,7 @@ SAMPLING_SETTINGS = ("trials", "num_samples", "seed")
 
 
 class SchedulerConfig(Section):
-    type: Literal["asha"] = "asha"
+    type: Literal["asha", "fifo"] = Field(default="asha", description="fifo: no pruning, every trial runs to train.max_steps (the baseline ASHA is measured against)")
     grace_period: int | None = Field(default=None, ge=1, description="training steps before the first prune decision (default: eval.every_steps)")
     reduction_factor: float = Field(default=3, gt=1)
 
@@ -34,6 +34,7 @@ class SweepSection(Section):
     num_trials: int = Field(default=8, ge=1, le=100_000)
     max_concurrent: int = Field(default=2, ge=1, le=10_000)
     seed: int = 0
+    search: Literal["tpe", "random"] = Field(default="tpe", description="Optuna sampler: TPE after n_startup_trials random ones, or random throughout")
     n_startup_trials: int = Field(default=4, ge=1, description="random trials before TPE takes over")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources_per_trial: ResourcesConfig = Field(default_factory=ResourcesConfig)

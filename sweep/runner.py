@@ -13,7 +13,7 @@ import ray
 import yaml
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from rich.console import Console
@@ -81,6 +81,23 @@ class MlflowStatusCallback(tune.Callback):
         self._settle(trial, error=True)
 
 
+def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
+    """``sweep.search``: seeded TPE after ``n_startup_trials`` random trials, or seeded random search."""
+    if cfg.sweep.search == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.sweep.seed)
+    return optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=cfg.sweep.n_startup_trials)
+
+
+def make_scheduler(cfg: SweepConfig, base: RunConfig) -> TrialScheduler:
+    """``sweep.scheduler``: ASHA on FID with rungs in training steps, or FIFO (every trial runs to the end)."""
+    if cfg.sweep.scheduler.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="step", metric=METRIC, mode=MODE, max_t=base.train.max_steps,
+        grace_period=cfg.sweep.scheduler.grace_period or base.eval.every_steps, reduction_factor=cfg.sweep.scheduler.reduction_factor,
+    )
+
+
 def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracker: SweepTracker, resume: bool) -> tune.Tuner:
     resources = cfg.sweep.resources_per_trial
     trainable = tune.with_resources(
@@ -90,15 +107,9 @@ def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracker: Sw
     )
     if resume:
         return tune.Tuner.restore(checked.experiment_path, trainable, resume_unfinished=True, resume_errored=True)
-    max_steps, every = base.train.max_steps, base.eval.every_steps
-    searcher = RungAwareOptunaSearch(
-        space=make_space(cfg.dimensions), metric=METRIC, mode=MODE, max_step=max_steps,
-        sampler=optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=cfg.sweep.n_startup_trials),
-    )
-    scheduler = ASHAScheduler(
-        time_attr="step", metric=METRIC, mode=MODE, max_t=max_steps,
-        grace_period=cfg.sweep.scheduler.grace_period or every, reduction_factor=cfg.sweep.scheduler.reduction_factor,
-    )
+    max_steps = base.train.max_steps
+    searcher = RungAwareOptunaSearch(space=make_space(cfg.dimensions), metric=METRIC, mode=MODE, max_step=max_steps,
+                                     sampler=make_sampler(cfg))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's default console output ignores progress_reporter
     reporter = tune.CLIReporter(
         metric_columns={"step": "step", "fid": "last FID", "best_fid": "best FID", "kid": "KID", "loss": "loss"},
@@ -107,7 +118,7 @@ def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracker: Sw
     reporter.set_search_properties(METRIC, MODE)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, cfg.sweep.max_concurrent), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, cfg.sweep.max_concurrent), scheduler=make_scheduler(cfg, base),
                                     num_samples=cfg.sweep.num_trials),
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=checked.storage_path, progress_reporter=reporter, verbose=1,

@@ -45,3 +45,36 @@ def test_plain_ray_optuna_search_would_have_told_the_early_fid_as_final():
     plain.on_trial_complete("a", {"fid": 80.0, "step": 100, "training_iteration": 1})
     (trial,) = plain._ot_study.get_trials(deepcopy=False)
     assert trial.state == TrialState.COMPLETE and trial.value == 80.0
+
+
+def test_sweep_search_and_scheduler_pick_the_optuna_sampler_and_the_tune_scheduler():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from sweep.runner import make_sampler, make_scheduler
+
+    raw = {"name": "t", "train": {"lr": {"loguniform": [1e-4, 1e-2]}, "max_steps": 900}, "eval": {"every_steps": 100}}
+    default = parse_sweep(raw)
+    assert isinstance(make_sampler(default), optuna.samplers.TPESampler)
+    asha = make_scheduler(default, default.run_config({}))
+    assert isinstance(asha, ASHAScheduler)
+    assert sorted(milestone for milestone, _ in asha._brackets[0]._rungs) == [100, 300, 900]  # grace = eval.every_steps, rf 3
+
+    baseline = parse_sweep({**raw, "sweep": {"search": "random", "scheduler": {"type": "fifo"}, "seed": 3}})
+    random_sampler = make_sampler(baseline)
+    assert isinstance(random_sampler, optuna.samplers.RandomSampler)
+    assert type(make_scheduler(baseline, baseline.run_config({}))) is FIFOScheduler
+    drawn = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=make_sampler(baseline))
+        drawn.append([study.ask().suggest_float("lr", 1e-4, 1e-2, log=True) for _ in range(3)])
+    assert drawn[0] == drawn[1] and len(set(drawn[0])) == 3  # seeded by sweep.seed, and not constant
+
+
+def test_unknown_search_or_scheduler_is_a_one_line_config_error():
+    import pytest
+
+    from diffusion_core.config import ConfigError
+
+    for sweep in ({"search": "grid"}, {"scheduler": {"type": "hyperband"}}):
+        with pytest.raises(ConfigError, match="sweep"):
+            parse_sweep({"name": "t", "sweep": sweep})
