@@ -104,6 +104,8 @@ class TrainConfig(Section):
     checkpoint_every: int | None = Field(default=None, ge=1)
     label_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
     mixed_precision: bool = True
+    channels_last: bool = Field(default=False, description="NHWC memory format for the U-Net and its batches")
+    compile: bool = Field(default=False, description="torch.compile the training forward and backward (compiles once per trial)")
     seed: int = 0
 
     @field_validator("ema_rates")

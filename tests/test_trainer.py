@@ -50,3 +50,35 @@ def test_truncated_checkpoint_gives_one_clear_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="ckpt.pt: corrupt"):
         load_safe(path)
+
+
+def _losses_and_state(cfg, steps=3):
+    trainer = Trainer(cfg, device="cpu")
+    return trainer, trainer.train_until(steps)
+
+
+def test_channels_last_trains_the_same_model_in_nhwc_and_checkpoints_portably(tmp_path):
+    model = {"base_channels": 8, "channel_mult": [1, 2], "attention_resolutions": [4], "num_heads": 2, "dropout": 0.0}
+    plain, expected = _losses_and_state(tiny_config(model=model))
+    nhwc, losses = _losses_and_state(tiny_config(model=model, train={"channels_last": True}))
+    conv_weights = [p for p in nhwc.model.parameters() if p.dim() == 4]
+    assert conv_weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights)
+    assert any(not p.is_contiguous() for p in conv_weights)  # 3x3 kernels really are NHWC, not NCHW
+    assert nhwc._batch()[0].is_contiguous(memory_format=torch.channels_last)
+    assert losses == pytest.approx(expected, rel=1e-4)  # same seeds, same math; only the memory layout differs
+    nhwc.save_checkpoint(tmp_path / "nhwc.pt")
+    plain.load_checkpoint(tmp_path / "nhwc.pt")  # a channels-last checkpoint loads into a default trainer
+    for a, b in zip(plain.model.parameters(), nhwc.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_compiled_training_matches_eager_and_checkpoints_without_the_wrapper(tmp_path):
+    model = {"base_channels": 8, "channel_mult": [1], "attention_resolutions": [], "num_heads": 1, "dropout": 0.0}
+    _, expected = _losses_and_state(tiny_config(model=model), steps=2)
+    compiled, losses = _losses_and_state(tiny_config(model=model, train={"compile": True}), steps=2)
+    assert isinstance(compiled.loss_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.loss_model._orig_mod is compiled.model
+    assert losses == pytest.approx(expected, rel=1e-4)
+    state = load_safe(compiled.save_checkpoint(tmp_path / "compiled.pt"))
+    assert not any("_orig_mod" in key for key in state["model"])
+    Trainer(tiny_config(model=model), device="cpu").load_checkpoint(tmp_path / "compiled.pt")
