@@ -1,0 +1,112 @@
+"""Sweep efficiency on a small real problem (scikit-learn digits): the compute ASHA + TPE needs to come within
+5% of the best FID that a full-budget random search of the same space finds, as a fraction of that search's
+compute. Both sweeps run through the real launcher (``python -m sweep.launch``) on the same space, with the
+same evaluation (same reference statistics, same initial noises); only ``sweep.search`` and
+``sweep.scheduler.type`` differ.
+
+Compute is counted as training steps summed over trials, and as wall time from launch. ASHA's figure is taken
+at the first report whose FID is within the tolerance, with every report made before it counted.
+
+    python -m bench.bench_sweep_efficiency --out efficiency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench._common import write_result
+from bench._sweeps import SweepRun, run_space
+from diffusion_core.evaluate import Evaluator
+from sweep.config import parse_sweep
+
+SPACE: dict[str, Any] = {
+    "data": {"dataset": "digits"},
+    "model": {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4],
+              "num_heads": {"choice": [1, 2, 4]}, "dropout": {"uniform": [0.0, 0.3]}},
+    "diffusion": {"schedule": {"choice": ["linear", "cosine"]}, "timesteps": {"choice": [100, 200, 400]}},
+    "train": {"batch_size": 32, "lr": {"loguniform": [1.0e-4, 3.0e-3]}, "warmup_steps": 20,
+              "ema_decay": {"choice": [0.9, 0.95, 0.99]}},
+    "eval": {"num_samples": 64, "batch_size": 64, "sampler": "ddim", "sampling_steps": 20, "reference_images": 256,
+             "kid_subset_size": 64},
+    "sweep": {"max_concurrent": 2, "resources_per_trial": {"cpu": 1, "gpu": 0}, "max_failures": 0},
+}
+
+
+def space_for(name: str, args: argparse.Namespace, search: str, scheduler: str, trials: int) -> dict[str, Any]:
+    space = copy.deepcopy(SPACE)
+    space["name"] = name
+    space["train"]["max_steps"] = args.max_steps
+    space["eval"]["every_steps"] = args.grace
+    space["eval"]["cache_dir"] = str(args.workdir / "fid_reference")
+    space["sweep"].update({"num_trials": trials, "seed": args.seed, "search": search, "n_startup_trials": args.startup,
+                           "scheduler": {"type": scheduler, "grace_period": args.grace, "reduction_factor": args.reduction_factor}})
+    return space
+
+
+def compute_to_reach(run: SweepRun, target_fid: float) -> dict[str, Any] | None:
+    """Steps, in-trial seconds and wall seconds spent up to the first report with FID <= ``target_fid``."""
+    last_step: dict[str, int] = {}
+    steps, work = 0, 0.0
+    for r in run.reports:
+        steps += r.step - last_step.get(r.trial_id, 0)
+        last_step[r.trial_id] = r.step
+        work += r.work_seconds
+        if r.fid <= target_fid:
+            return {"steps": steps, "work_seconds": work, "wall_seconds": r.finished_at - run.started_at,
+                    "fid": r.fid, "trial_id": r.trial_id, "step": r.step}
+    return None
+
+
+def summary(run: SweepRun) -> dict[str, Any]:
+    trials = {r.trial_id for r in run.reports}
+    return {"trials": len(trials), "trial_steps": run.trial_steps, "work_seconds": run.work_seconds,
+            "wall_seconds": run.wall_seconds, "best_fid": run.best_fid, "reports": len(run.reports)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--random-trials", type=int, default=8, help="trials of the full-budget random search")
+    p.add_argument("--asha-trials", type=int, default=12, help="trials of ASHA + TPE")
+    p.add_argument("--max-steps", type=int, default=600)
+    p.add_argument("--grace", type=int, default=100, help="ASHA grace period, and the evaluation interval of both sweeps")
+    p.add_argument("--reduction-factor", type=float, default=3)
+    p.add_argument("--startup", type=int, default=4, help="random trials before TPE takes over")
+    p.add_argument("--tolerance", type=float, default=0.05, help="ASHA must come within this fraction of random's best FID")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", type=Path, default=None, help="keep the sweeps' Ray results, MLflow store and logs here")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    args.workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-efficiency-"))).resolve()
+
+    random_space = space_for("efficiency-random", args, "random", "fifo", args.random_trials)
+    asha_space = space_for("efficiency-asha", args, "tpe", "asha", args.asha_trials)
+    print("reference statistics, once for both sweeps ...", flush=True)
+    Evaluator(parse_sweep(random_space).run_config({}), "cpu").reference  # noqa: B018 -- fills the shared cache
+
+    random = run_space(random_space, args.workdir)
+    asha = run_space(asha_space, args.workdir)
+    target = random.best_fid * (1 + args.tolerance)
+    reached = compute_to_reach(asha, target)
+    result: dict[str, Any] = {
+        "space": {k: v for k, v in random_space.items() if k not in ("name", "sweep")},
+        "max_steps": args.max_steps, "grace": args.grace, "reduction_factor": args.reduction_factor,
+        "tolerance": args.tolerance, "seed": args.seed,
+        "random": summary(random), "asha": summary(asha),
+        "target_fid": target, "reached": reached,
+        "steps_ratio": reached["steps"] / random.trial_steps if reached else None,
+        "work_ratio": reached["work_seconds"] / random.work_seconds if reached else None,
+        "wall_ratio": reached["wall_seconds"] / random.wall_seconds if reached else None,
+        "asha_total_steps_ratio": asha.trial_steps / random.trial_steps,
+        "workdir": str(args.workdir),
+    }
+    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

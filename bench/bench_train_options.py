@@ -1,0 +1,145 @@
+"""Training-path options, each measured against the defaults on the same device in the same run: the
+real ``Trainer.train_step`` (batch from the dataset, loss, backward, clip, AdamW, EMA) with one option changed.
+
+- ``train.channels_last`` and ``train.compile`` (off by default): speed with the option / speed without.
+- On CUDA, the options that are on by default are measured by turning each off: bf16 autocast
+  (``train.mixed_precision``), fused AdamW, and the dataset held on the device.
+
+Repetitions are interleaved with the defaults (order rotated), and each figure is the median of the
+per-repetition ratios. Warm-up steps (where ``torch.compile`` compiles) are timed separately.
+
+    python -m bench.bench_train_options --out train_options.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench._common import (
+    Preset,
+    device_name,
+    interleaved,
+    median,
+    paired_ratios,
+    resolve_device,
+    resolve_preset,
+    sync,
+    write_result,
+)
+from diffusion_core.config import RunConfig
+from diffusion_core.data import ImageData
+from diffusion_core.trainer import Trainer
+
+
+def run_config(p: Preset, **train: Any) -> RunConfig:
+    return RunConfig.model_validate({
+        "data": {"dataset": "cifar10" if p.channels == 3 else "mnist", "image_size": p.image_size},
+        "model": {"base_channels": p.base_channels, "channel_mult": list(p.channel_mult), "num_res_blocks": p.num_res_blocks,
+                  "attention_resolutions": list(p.attention_resolutions), "num_heads": p.num_heads, "dropout": p.dropout},
+        "train": {"batch_size": p.batch_size, **train},
+    })
+
+
+def unfuse_adamw(trainer: Trainer) -> None:
+    trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=trainer.cfg.train.lr,
+                                          weight_decay=trainer.cfg.train.weight_decay, fused=False)
+
+
+def data_on_host(trainer: Trainer) -> None:
+    trainer.data = trainer.data.to("cpu")
+
+
+def variants(cuda: bool) -> dict[str, tuple[str, dict[str, Any], Callable[[Trainer], None] | None, bool]]:
+    """name -> (what it changes, train-section overrides, a change made after construction, on by default?)."""
+    out = {
+        "channels_last": ("`train.channels_last: true` (NHWC model and batches)", {"channels_last": True}, None, False),
+        "compile": ("`train.compile: true` (torch.compile, default mode)", {"compile": True}, None, False),
+    }
+    if cuda:
+        out |= {
+            "fp32": ("`train.mixed_precision: false` (no bf16 autocast)", {"mixed_precision": False}, None, True),
+            "unfused_adamw": ("AdamW with `fused=False`", {}, unfuse_adamw, True),
+            "data_on_host": ("dataset kept in host memory, batches copied per step", {}, data_on_host, True),
+        }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    p.add_argument("--preset", default="auto", choices=("auto", "cpu", "cifar"))
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per repetition (default 20 GPU, 1 CPU)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 7 GPU, 9 CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per trainer first (default 10 GPU, 2 CPU)")
+    p.add_argument("--only", nargs="*", default=None, help="measure only these variants")
+    p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = p.parse_args()
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    steps = args.steps or (20 if cuda else 1)
+    repeats = args.repeats or (7 if cuda else 9)
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    preset = resolve_preset(args.preset, device, {"batch_size": args.batch_size})
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    generator = torch.Generator().manual_seed(0)
+    shape = (max(1024, preset.batch_size), preset.channels, preset.image_size, preset.image_size)
+    data = ImageData(torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator), torch.zeros(shape[0], dtype=torch.int64))
+
+    chosen = {k: v for k, v in variants(cuda).items() if not args.only or k in args.only}
+    trainers: dict[str, Trainer] = {"default": Trainer(run_config(preset), device, data)}
+    for name, (_, overrides, change, _) in chosen.items():
+        trainers[name] = Trainer(run_config(preset, **overrides), device, data)
+        if change is not None:
+            change(trainers[name])
+    warmup_seconds = {}
+    for name, trainer in trainers.items():
+        start = time.perf_counter()
+        for _ in range(warmup):
+            trainer.train_step()
+        sync(device)
+        warmup_seconds[name] = time.perf_counter() - start
+        print(f"{name}: {warmup} warm-up steps in {warmup_seconds[name]:.1f} s", flush=True)
+
+    def runner(trainer: Trainer) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(steps):
+                trainer.train_step()
+        return run
+
+    times = interleaved({name: runner(t) for name, t in trainers.items()}, repeats, device)
+    ips = {name: [preset.batch_size * steps / s for s in ts] for name, ts in times.items()}
+    rows = []
+    for name, (what, _, _, on_by_default) in chosen.items():
+        ratios = paired_ratios(ips[name], ips["default"])
+        rows.append({"name": name, "what": what, "on_by_default": on_by_default, "img_per_s": median(ips[name]),
+                     "ratio_vs_default": median(ratios), "paired_ratios": ratios, "warmup_seconds": warmup_seconds[name]})
+        print(f"{name}: {median(ips[name]):.2f} img/s, {median(ratios):.2f}x the defaults "
+              f"(per repetition {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
+    result = {
+        "benchmark": "train_options",
+        "device": device_name(device),
+        "device_type": device.type,
+        "threads": torch.get_num_threads(),
+        "preset": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(preset).items()},
+        "steps_per_repeat": steps,
+        "repeats": repeats,
+        "warmup_steps": warmup,
+        "default_img_per_s": median(ips["default"]),
+        "default_warmup_seconds": warmup_seconds["default"],
+        "variants": rows,
+        "torch": torch.__version__,
+    }
+    write_result(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
