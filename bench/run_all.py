@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=2 python -m bench.run_all --quick            # small counts, minutes on a CPU
     python -m bench.run_all --out BENCHMARKS.md --json-dir bench/results
 
-Each benchmark runs in its own process (``python -m bench.bench_train``, ``python -m bench.bench_sampling``,
+Each benchmark runs in its own process (``python -m bench.bench_train``, ``bench_train_options``,
+``bench_sampling``, ``bench_eval``, ``bench_no_retrain``, ``bench_sweep_efficiency``, ``bench_overhead``, and
 ``python bench/bench_fid_features.py``) and writes JSON; this script collects the JSON and writes the whole
 of BENCHMARKS.md (nothing in it is hand-edited: rerun to update), ratios ours/peer next to their targets,
 the exact command that reproduces each figure, and a note for every figure that is not measured.
