@@ -34,7 +34,8 @@ class SweepSection(Section):
     num_trials: int = Field(default=8, ge=1, le=100_000)
     max_concurrent: int = Field(default=2, ge=1, le=10_000)
     seed: int = 0
-    search: Literal["tpe", "random"] = Field(default="tpe", description="Optuna sampler: TPE after n_startup_trials random ones, or random throughout")
+    search: Literal["tpe", "random", "grid"] = Field(
+        default="tpe", description="Optuna sampler: TPE after n_startup_trials random ones, random throughout, or every combination of choice dimensions")
     n_startup_trials: int = Field(default=4, ge=1, description="random trials before TPE takes over")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources_per_trial: ResourcesConfig = Field(default_factory=ResourcesConfig)
@@ -277,7 +278,28 @@ def parse_sweep(raw: dict[str, Any], source: str | Path = "<sweep>") -> SweepCon
     except ValidationError as exc:
         raise ConfigError(error_line(source, exc)) from None
     _check_every_candidate(cfg)
+    _check_grid(cfg)
     return cfg
+
+
+def grid_size(dims: list[Dimension]) -> int:
+    return math.prod(len(d.choices or []) for d in dims)
+
+
+def _check_grid(cfg: SweepConfig) -> None:
+    """``sweep.search: grid`` runs every combination once: only unconditional choices, and one trial per cell."""
+    if cfg.sweep.search != "grid":
+        return
+    for dim in cfg.dimensions:
+        if dim.kind != "choice" or dim.condition:
+            why = "has a condition" if dim.condition else f"is a {dim.kind} range"
+            raise _fail(cfg.source, dim.path, f"{why}, but sweep.search: grid needs unconditional {{choice: [...]}} dimensions only")
+    if not cfg.dimensions:
+        raise _fail(cfg.source, "sweep.search", "grid search needs at least one {choice: [...]} dimension")
+    cells = grid_size(cfg.dimensions)
+    if cfg.sweep.num_trials != cells:
+        raise _fail(cfg.source, "sweep.num_trials", f"{cfg.sweep.num_trials} trials for a grid of {cells} configurations; "
+                    f"set num_trials: {cells} to run each once")
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:

@@ -55,8 +55,20 @@ def print_dimensions(dimensions: list[Dimension]) -> None:
         print(f"  {dim.path}: {what}{cond}")
 
 
+def describe_search(cfg: SweepConfig) -> str:
+    """How the trials are chosen and stopped, in words."""
+    s = cfg.sweep
+    search = {"tpe": f"TPE after {s.n_startup_trials} random trials", "random": "random search",
+              "grid": "grid search (every combination once)"}[s.search]
+    if s.scheduler.type == "fifo":
+        return f"{search}, no pruning (every trial to train.max_steps)"
+    grace = s.scheduler.grace_period or cfg.run_config({}).eval.every_steps
+    return f"{search}, ASHA pruning on FID (grace {grace} steps, reduction factor {s.scheduler.reduction_factor:g})"
+
+
 def dry_run(cfg: SweepConfig) -> None:
-    print(f"{cfg.source}: valid. Sweep {cfg.name!r}: {cfg.sweep.num_trials} trials, at most {cfg.sweep.max_concurrent} at once.")
+    print(f"{cfg.source}: valid. Sweep {cfg.name!r}: {cfg.sweep.num_trials} trials, at most {cfg.sweep.max_concurrent} at once; "
+          f"{describe_search(cfg)}.")
     print("\nFixed values (a dimension shows its first value):")
     print(yaml.safe_dump(cfg.base_raw(), sort_keys=False).rstrip())
     print("\nSearch dimensions:")

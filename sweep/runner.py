@@ -26,7 +26,7 @@ from sweep.config import SweepConfig
 from sweep.interpolations import log_best_interpolations
 from sweep.preflight import Checked
 from sweep.report import report_after_sweep
-from sweep.space import make_space
+from sweep.space import categorical_label, make_space
 from sweep.summary import SweepSummary, TrialOutcome, outcome_label, summarize
 from sweep.tracking import RESOLVED_SPACE, TRIAL_TAG, SweepTracker, TrialRun
 from sweep.trainable import run_trial
@@ -82,9 +82,13 @@ class MlflowStatusCallback(tune.Callback):
 
 
 def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
-    """``sweep.search``: seeded TPE after ``n_startup_trials`` random trials, or seeded random search."""
+    """``sweep.search``: seeded TPE after ``n_startup_trials`` random trials, seeded random search, or every
+    combination of the choice dimensions once, in a seeded order."""
     if cfg.sweep.search == "random":
         return optuna.samplers.RandomSampler(seed=cfg.sweep.seed)
+    if cfg.sweep.search == "grid":
+        grid = {d.path: [categorical_label(c) for c in d.choices or []] for d in cfg.dimensions}
+        return optuna.samplers.GridSampler(grid, seed=cfg.sweep.seed)
     return optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=cfg.sweep.n_startup_trials)
 
 

@@ -1,5 +1,6 @@
 """What Optuna learns from an ASHA-stopped trial, through the installed Ray's OptunaSearch."""
 import optuna
+import pytest
 from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter
 
@@ -71,10 +72,41 @@ def test_sweep_search_and_scheduler_pick_the_optuna_sampler_and_the_tune_schedul
 
 
 def test_unknown_search_or_scheduler_is_a_one_line_config_error():
-    import pytest
-
     from diffusion_core.config import ConfigError
 
-    for sweep in ({"search": "grid"}, {"scheduler": {"type": "hyperband"}}):
+    for sweep in ({"search": "bayes"}, {"scheduler": {"type": "hyperband"}}):
         with pytest.raises(ConfigError, match="sweep"):
             parse_sweep({"name": "t", "sweep": sweep})
+
+
+GRID_RAW = {"name": "t", "model": {"channel_mult": {"choice": [[1, 2], [1, 2, 2]]}, "dropout": {"choice": [0.0, 0.1]}},
+            "train": {"lr": {"choice": [1e-4, 3e-4]}, "max_steps": 300}, "sweep": {"search": "grid", "num_trials": 8}}
+
+
+def test_grid_search_runs_every_combination_once_through_ray_optuna_search():
+    from sweep.runner import make_sampler
+
+    cfg = parse_sweep(GRID_RAW)
+    searcher = RungAwareOptunaSearch(space=make_space(cfg.dimensions), metric="fid", mode="min", max_step=300,
+                                     sampler=make_sampler(cfg))
+    limiter = ConcurrencyLimiter(searcher, 4)
+    seen = []
+    for wave in range(2):  # four at a time: running cells are not handed out twice
+        ids = [f"t{wave}{i}" for i in range(4)]
+        configs = [limiter.suggest(trial_id) for trial_id in ids]
+        for trial_id in ids:
+            limiter.on_trial_complete(trial_id, {"fid": 50.0, "step": 300, "training_iteration": 1})
+        seen += [(tuple(c["model.channel_mult"]), c["model.dropout"], c["train.lr"]) for c in configs]
+    assert len(set(seen)) == 8  # the whole 2 x 2 x 2 grid, each cell once
+    assert {cell[0] for cell in seen} == {(1, 2), (1, 2, 2)}  # list choices decoded back from their labels
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"train": {"lr": {"loguniform": [1e-4, 3e-4]}, "max_steps": 300}}, "train.lr"),
+    ({"sweep": {"search": "grid", "num_trials": 5}}, "sweep.num_trials"),
+])
+def test_grid_search_needs_choices_and_one_trial_per_cell(change, key):
+    from diffusion_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"{key}: .*(grid|set num_trials: 8)"):
+        parse_sweep({**GRID_RAW, **change})

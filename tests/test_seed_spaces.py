@@ -30,6 +30,7 @@ def test_seed004_fitting_searches_exactly_the_table_1_factors(capsys):
     assert "model.channel_mult: choice [[1, 2, 2], [1, 2, 2, 2]]" in out
     assert "model.dropout: choice [0.0, 0.1]" in out and "train.lr: choice [0.0001, 0.0003]" in out
     assert "schedule: cosine" in out and "ema_warmup_steps: 2000" in out and "dataset: cifar10" in out
+    assert "8 trials" in out and "grid search (every combination once), no pruning" in out  # Table 1's eight cells, each run to the end
 
 
 REDUCED = [
