@@ -89,9 +89,11 @@ class NoiseSchedule:
 
     @cached_property
     def posterior_log_variance_clipped(self) -> Tensor:
-        """log β̃_t with β̃_1 (= 0) replaced by β̃_2, as in improved-diffusion."""
+        """log β̃_t with β̃_1 (= 0) replaced by β̃_2, as in improved-diffusion. A one-step schedule has no β̃_2;
+        its only step adds no noise, so β_1 stands in and keeps the logarithm finite."""
         variance = self.posterior_variance
-        return torch.log(torch.cat([variance[1:2], variance[1:]]))
+        head = variance[1:2] if len(variance) > 1 else self.betas[:1]
+        return torch.log(torch.cat([head, variance[1:]]))
 
     @cached_property
     def sqrt_alphas_cumprod(self) -> Tensor:

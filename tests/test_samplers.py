@@ -120,3 +120,15 @@ def test_dynamic_threshold_scales_by_percentile_and_keeps_in_range():
 def test_leading_timesteps_rejects_too_many_steps():
     with pytest.raises(ValueError):
         leading_timesteps(10, 11)
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+def test_a_single_sampling_step_jumps_straight_to_the_predicted_x0(kind):
+    """One step: x̂_0 from x_T at the first leading timestep, with no noise added (β̃ has no second entry then)."""
+    schedule = NoiseSchedule.create("linear", 1000)
+    x_star = torch.full((1, 1, 4, 4), 0.5)
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = sample(OnePointOracle(schedule, x_star), schedule, x_T, "eps", SamplerSettings(kind=kind, steps=1, clip="static"),
+                 generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, x_star.expand_as(out), atol=1e-4, rtol=0)
+    assert torch.isfinite(schedule.respace([0]).posterior_log_variance_clipped).all()
