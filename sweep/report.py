@@ -385,14 +385,16 @@ def default_output(storage_path: str, name: str) -> Path:
 
 
 def publish(client: MlflowClient, data: SweepData, out: Path) -> tuple[Path, list[RungFidelity]]:
-    """Write the report to ``out``, attach it to the parent run, log rank fidelity as parent-run metrics."""
+    """Write the report to ``out``, attach it to the parent run, log rank fidelity as parent-run metrics
+    (a point already logged is not logged again, so rerunning the report leaves the history as it was)."""
     fidelity = rank_fidelity({t.run_id: t.fid for t in data.trials}, data.max_steps)
     page = build_html(client, data, fidelity)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     retrying(lambda: client.log_text(data.parent_run_id, page, REPORT_FILE))
     now = int(time.time() * 1000)
-    metrics = [Metric(RHO_METRIC, r.rho, now, r.step) for r in fidelity if r.rho is not None]
+    logged = {(m.step, m.value) for m in retrying(lambda: client.get_metric_history(data.parent_run_id, RHO_METRIC))}
+    metrics = [Metric(RHO_METRIC, r.rho, now, r.step) for r in fidelity if r.rho is not None and (r.step, r.rho) not in logged]
     if metrics:
         retrying(lambda: client.log_batch(data.parent_run_id, metrics=metrics))
     return out, fidelity

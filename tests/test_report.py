@@ -71,6 +71,12 @@ def test_rank_fidelity_is_shown_and_logged_on_the_parent_run(synthetic):
     assert "+0.800" in page and "-0.800" in page and "Spearman" in page
 
 
+def test_rerunning_the_report_does_not_log_rank_fidelity_twice(synthetic, tmp_path):
+    client, parent, _, _ = synthetic
+    publish(client, collect(client, "synthetic", "synthetic"), tmp_path / REPORT_FILE)
+    assert sorted(m.step for m in client.get_metric_history(parent, RHO_METRIC)) == [100, 200]
+
+
 def test_pruned_trial_ahead_of_the_winner_is_flagged(synthetic):
     page = synthetic[2].read_text()
     flagged = re.search(r"possible lost winners\):</p><ul>(.*?)</ul>", page).group(1)
