@@ -3,6 +3,7 @@ FLOP counting and peak-FLOP/s lookup, interleaved timing."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -65,6 +66,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def add_step_timing_args(p: argparse.ArgumentParser, cpu_repeats: int) -> None:
+    """``--steps``/``--repeats``/``--warmup`` of the training-step benchmarks (defaults by device: see ``step_timing``)."""
+    p.add_argument("--steps", type=int, default=None, help="timed steps per repetition (default 20 GPU, 1 CPU)")
+    p.add_argument("--repeats", type=int, default=None, help=f"interleaved repetitions (default 7 GPU, {cpu_repeats} CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 GPU, 2 CPU)")
+
+
+def step_timing(args: argparse.Namespace, cuda: bool, cpu_repeats: int) -> tuple[int, int, int]:
+    """(timed steps per repetition, repetitions, warm-up steps)."""
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    return args.steps or (20 if cuda else 1), args.repeats or (7 if cuda else cpu_repeats), warmup
 
 
 def resolve_preset(name: str, device: torch.device, overrides: dict[str, Any]) -> Preset:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bench._common import (
+    add_step_timing_args,
     build_diffusers,
     build_ours,
     count_flops,
@@ -38,6 +39,7 @@ from bench._common import (
     resolve_device,
     resolve_preset,
     spread,
+    step_timing,
     sync,
     write_result,
 )
@@ -55,18 +57,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--channels", type=int, default=None, choices=(1, 3))
-    p.add_argument("--steps", type=int, default=None, help="timed steps per repetition (default 20 GPU, 1 CPU)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 7 GPU, 15 CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per model (default 10 GPU, 2 CPU)")
+    add_step_timing_args(p, cpu_repeats=15)
     p.add_argument("--peak-flops", type=float, default=None, help="override the peak bf16 FLOP/s used for MFU")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = p.parse_args()
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    steps = args.steps or (20 if cuda else 1)
-    repeats = args.repeats or (7 if cuda else 15)
-    warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    steps, repeats, warmup = step_timing(args, cuda, cpu_repeats=15)
     preset = resolve_preset(args.preset, device, {"batch_size": args.batch_size, "image_size": args.image_size,
                                                   "channels": args.channels})
     if cuda:

@@ -23,12 +23,14 @@ import torch
 
 from bench._common import (
     Preset,
+    add_step_timing_args,
     device_name,
     interleaved,
     median,
     paired_ratios,
     resolve_device,
     resolve_preset,
+    step_timing,
     sync,
     write_result,
 )
@@ -75,18 +77,14 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--preset", default="auto", choices=("auto", "cpu", "cifar"))
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="timed steps per repetition (default 20 GPU, 1 CPU)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 7 GPU, 9 CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per trainer first (default 10 GPU, 2 CPU)")
+    add_step_timing_args(p, cpu_repeats=9)
     p.add_argument("--only", nargs="*", default=None, help="measure only these variants")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = p.parse_args()
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    steps = args.steps or (20 if cuda else 1)
-    repeats = args.repeats or (7 if cuda else 9)
-    warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    steps, repeats, warmup = step_timing(args, cuda, cpu_repeats=9)
     preset = resolve_preset(args.preset, device, {"batch_size": args.batch_size})
     if cuda:
         torch.backends.cudnn.benchmark = True

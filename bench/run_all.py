@@ -122,6 +122,10 @@ def command(launch: str, args: list[str], threads: str) -> str:
     return f"OMP_NUM_THREADS={threads} python {launch} {shlex.join(args)} --out RESULT.json"
 
 
+def reproduce(cmd: str) -> list[str]:
+    return ["", f"Reproduce: `{cmd}`", ""]
+
+
 def section_train(r: dict[str, Any], cmd: str) -> list[str]:
     target = TARGETS["train"]
     pr = r["paired_ratios"]
@@ -166,7 +170,7 @@ def section_train(r: dict[str, Any], cmd: str) -> list[str]:
                      "fused kernel rejects (fix: `.contiguous()` after the transpose in `AttentionBlock.forward`).")
     if r["device_type"] == "cpu":
         notes.append("- CPU figures on a shared machine: see the per-repetition range above for the noise level.")
-    return lines + notes + ["", f"Reproduce: `{cmd}`", ""]
+    return lines + notes + reproduce(cmd)
 
 
 def section_options(r: dict[str, Any], cmd: str) -> list[str]:
@@ -199,7 +203,7 @@ def section_options(r: dict[str, Any], cmd: str) -> list[str]:
     if r["device_type"] == "cpu":
         lines.append("- CPU only: bf16 autocast, fused AdamW and the on-device dataset are CUDA options and are measured "
                      "by this benchmark on a GPU.")
-    return lines + ["", f"Reproduce: `{cmd}`", ""]
+    return lines + reproduce(cmd)
 
 
 def section_sampling(r: dict[str, Any], cmd: str) -> list[str]:
@@ -237,11 +241,7 @@ def section_sampling(r: dict[str, Any], cmd: str) -> list[str]:
             "so the coefficients can be Python floats computed once per call (x̂_0 = (x_t - √(1-ᾱ_t) ε̂)/√ᾱ_t, "
             "x_{t-1} = √ᾱ_prev x̂_0 + √(1-ᾱ_prev-σ²) ε̂): a handful of full-tensor ops per step. This matters on GPU at small "
             "batch, where each op is a kernel launch.")
-    lines += [
-        "",
-        f"Reproduce: `{cmd}`",
-        "",
-    ]
+    lines += reproduce(cmd)
     return lines
 
 
@@ -261,10 +261,7 @@ def section_fid(r: dict[str, Any], cmd: str) -> list[str]:
         f"- Peer: {r['pytorch_fid']}.",
         "- Per-chunk ratios ours/pytorch-fid (each pair adjacent in time): "
         + ", ".join(f"{x:.2f}" for x in r["paired_ratios"]) + "; the headline ratio is their median, img/s are totals.",
-        "",
-        f"Reproduce: `{cmd}`",
-        "",
-    ]
+    ] + reproduce(cmd)
 
 
 def section_eval(r: dict[str, Any], cmd: str) -> list[str]:
@@ -287,10 +284,7 @@ def section_eval(r: dict[str, Any], cmd: str) -> list[str]:
         "- Wall time depends on what else the machine ran (see the load average above); CPU time divided by the thread count "
         "is the unloaded estimate.",
         f"- {r['weights']}.",
-        "",
-        f"Reproduce: `{cmd}`",
-        "",
-    ]
+    ] + reproduce(cmd)
 
 
 def section_no_retrain(r: dict[str, Any], cmd: str) -> list[str]:
@@ -319,10 +313,7 @@ def section_no_retrain(r: dict[str, Any], cmd: str) -> list[str]:
         f"- Best sampling settings found: {settings}.",
         "- The ordinary sampling-dimension cost is the measured mean cost of one training plus its evaluation above, times the "
         "configurations (the run's own settings plus the study's proposals).",
-        "",
-        f"Reproduce: `{cmd}`",
-        "",
-    ]
+    ] + reproduce(cmd)
 
 
 def section_efficiency(r: dict[str, Any], cmd: str) -> list[str]:
@@ -362,10 +353,7 @@ def section_efficiency(r: dict[str, Any], cmd: str) -> list[str]:
     lines += [
         "- One seed of each sweep (FID on 64 samples is noisy at the 5% level): read the figure as an order of magnitude, "
         "and rerun with `--seed` for more.",
-        "",
-        f"Reproduce: `{cmd}`",
-        "",
-    ]
+    ] + reproduce(cmd)
     return lines
 
 
@@ -392,15 +380,11 @@ def section_overhead(r: dict[str, Any], cmd: str) -> list[str]:
         "(a sweep computes them once and caches them).",
         "- A smoke trial trains for seconds, so fixed costs weigh far more here than in a real sweep, whose trials train for "
         "hours: the fraction is an upper bound for real use.",
-        "",
-        f"Reproduce: `{cmd}`",
-        "",
-    ]
+    ] + reproduce(cmd)
 
 
 def failed_section(title: str, error: str, cmd: str) -> list[str]:
-    return [f"## {title}", "", "**Not measured in this run:**", "", "```", error.strip(), "```", "",
-            f"Reproduce: `{cmd}`", ""]
+    return [f"## {title}", "", "**Not measured in this run:**", "", "```", error.strip(), "```"] + reproduce(cmd)
 
 
 def missing_sections(cuda: bool, device: str, train: dict[str, Any] | None) -> list[str]:
