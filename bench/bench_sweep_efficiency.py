@@ -62,10 +62,11 @@ def compute_to_reach(run: SweepRun, target_fid: float) -> dict[str, Any] | None:
     return None
 
 
-def summary(run: SweepRun) -> dict[str, Any]:
+def summary(run: SweepRun, max_steps: int) -> dict[str, Any]:
     trials = {r.trial_id for r in run.reports}
-    return {"trials": len(trials), "trial_steps": run.trial_steps, "work_seconds": run.work_seconds,
-            "wall_seconds": run.wall_seconds, "best_fid": run.best_fid, "reports": len(run.reports)}
+    full = {r.trial_id for r in run.reports if r.step >= max_steps}
+    return {"trials": len(trials), "full_budget_trials": len(full), "trial_steps": run.trial_steps,
+            "work_seconds": run.work_seconds, "wall_seconds": run.wall_seconds, "best_fid": run.best_fid, "reports": len(run.reports)}
 
 
 def main() -> None:
@@ -96,7 +97,7 @@ def main() -> None:
         "space": {k: v for k, v in random_space.items() if k not in ("name", "sweep")},
         "max_steps": args.max_steps, "grace": args.grace, "reduction_factor": args.reduction_factor,
         "tolerance": args.tolerance, "seed": args.seed,
-        "random": summary(random), "asha": summary(asha),
+        "random": summary(random, args.max_steps), "asha": summary(asha, args.max_steps),
         "target_fid": target, "reached": reached,
         "steps_ratio": reached["steps"] / random.trial_steps if reached else None,
         "work_ratio": reached["work_seconds"] / random.work_seconds if reached else None,

@@ -350,6 +350,11 @@ def section_efficiency(r: dict[str, Any], cmd: str) -> list[str]:
             f"- Reached by trial {hit['trial_id']} at step {hit['step']}; the whole ASHA sweep cost {r['asha_total_steps_ratio']:.2f}x "
             "the random search's trial-steps.",
         ]
+    if "full_budget_trials" in asha:
+        lines.append(f"- ASHA let {asha['full_budget_trials']} of its {asha['trials']} trials run to {r['max_steps']} steps "
+                     f"(random search: all {rnd['trials']}). Asynchronous ASHA promotes a trial when it is in the top "
+                     f"1/{r['reduction_factor']:g} of the results recorded at its rung so far, so the first trials to reach "
+                     "a rung, with little competition there, go on: with few trials per rung it prunes little.")
     lines += [
         "- One seed of each sweep (FID on 64 samples is noisy at the 5% level): read the figure as an order of magnitude, "
         "and rerun with `--seed` for more.",
@@ -430,9 +435,9 @@ def write_report(out: Path, meta: dict[str, Any], results: dict[str, Any], error
         "",
     ]
     if meta["reused"]:
-        lines += [f"Results of {', '.join(meta['reused'])} were measured by an earlier, interrupted run of this command and "
-                  "taken from its JSON (`--reuse-json`); the load average and wall time above are of the run that assembled "
-                  "this file. The earlier run shared the 2 cores with test suites and sweeps (load average 4-9).", ""]
+        lines += [f"Results of {', '.join(meta['reused'])} were measured by earlier runs of this command and taken from "
+                  "their JSON (`--reuse-json`); the load average and wall time above are of the run that assembled this file. "
+                  "Each section's per-repetition ratios show the noise its own run saw.", ""]
     if not meta["cuda"]:
         lines += [
             f"CPU run ({meta['cores']} cores): absolute img/s depend on what else the machine ran at the time (see the load "
