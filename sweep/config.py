@@ -106,6 +106,11 @@ class SweepConfig(Section):
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
 
+    @property
+    def grace_period(self) -> int:
+        """ASHA's first rung in training steps: ``sweep.scheduler.grace_period``, else ``eval.every_steps``."""
+        return self.sweep.scheduler.grace_period or self.run_config({}).eval.every_steps
+
     def base_raw(self) -> dict[str, Any]:
         """The run sections with every dimension replaced by its first candidate."""
         raw = {"name": self.name, "output_dir": self.output_dir, **{s: copy.deepcopy(getattr(self, s)) for s in RUN_SECTIONS}}
@@ -282,10 +287,6 @@ def parse_sweep(raw: dict[str, Any], source: str | Path = "<sweep>") -> SweepCon
     return cfg
 
 
-def grid_size(dims: list[Dimension]) -> int:
-    return math.prod(len(d.choices or []) for d in dims)
-
-
 def _check_grid(cfg: SweepConfig) -> None:
     """``sweep.search: grid`` runs every combination once: only unconditional choices, and one trial per cell."""
     if cfg.sweep.search != "grid":
@@ -296,7 +297,7 @@ def _check_grid(cfg: SweepConfig) -> None:
             raise _fail(cfg.source, dim.path, f"{why}, but sweep.search: grid needs unconditional {{choice: [...]}} dimensions only")
     if not cfg.dimensions:
         raise _fail(cfg.source, "sweep.search", "grid search needs at least one {choice: [...]} dimension")
-    cells = grid_size(cfg.dimensions)
+    cells = math.prod(len(d.choices or []) for d in cfg.dimensions)
     if cfg.sweep.num_trials != cells:
         raise _fail(cfg.source, "sweep.num_trials", f"{cfg.sweep.num_trials} trials for a grid of {cells} configurations; "
                     f"set num_trials: {cells} to run each once")

@@ -62,8 +62,7 @@ def describe_search(cfg: SweepConfig) -> str:
               "grid": "grid search (every combination once)"}[s.search]
     if s.scheduler.type == "fifo":
         return f"{search}, no pruning (every trial to train.max_steps)"
-    grace = s.scheduler.grace_period or cfg.run_config({}).eval.every_steps
-    return f"{search}, ASHA pruning on FID (grace {grace} steps, reduction factor {s.scheduler.reduction_factor:g})"
+    return f"{search}, ASHA pruning on FID (grace {cfg.grace_period} steps, reduction factor {s.scheduler.reduction_factor:g})"
 
 
 def dry_run(cfg: SweepConfig) -> None:

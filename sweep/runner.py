@@ -98,7 +98,7 @@ def make_scheduler(cfg: SweepConfig, base: RunConfig) -> TrialScheduler:
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr="step", metric=METRIC, mode=MODE, max_t=base.train.max_steps,
-        grace_period=cfg.sweep.scheduler.grace_period or base.eval.every_steps, reduction_factor=cfg.sweep.scheduler.reduction_factor,
+        grace_period=cfg.grace_period, reduction_factor=cfg.sweep.scheduler.reduction_factor,
     )
 
 

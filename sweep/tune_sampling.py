@@ -25,6 +25,7 @@ from sweep.config import SamplingSearch, load_sweep
 from sweep.sampling_study import SamplingTrial, describe, run_sampling_study
 from sweep.tracking import BEST_CHECKPOINT, RESOLVED_SPACE, TRIAL_TAG, TrialRun, load_best_model, load_resolved_sweep, resolve_tracking_uri
 
+
 class NotFoundError(RuntimeError):
     """The run, its checkpoint or its search space cannot be found."""
 
