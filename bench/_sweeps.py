@@ -3,6 +3,7 @@ then read back every report each trial made (Ray's ``result.json`` lines) with i
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from diffusion_core.evaluate import Evaluator
+from sweep.config import parse_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +43,10 @@ class SweepRun:
         return self.finished_at - self.started_at
 
     @property
+    def trials(self) -> int:
+        return len({r.trial_id for r in self.reports})
+
+    @property
     def trial_steps(self) -> int:
         """Training steps summed over trials (a trial's last report holds its final step)."""
         last: dict[str, int] = {}
@@ -57,8 +65,14 @@ class SweepRun:
 
 def run_space(space: dict[str, Any], workdir: Path, overrides: list[str] = ()) -> SweepRun:
     """Write ``space`` to ``workdir`` and run the real launcher on it there (local Ray, SQLite MLflow in
-    ``workdir``); its console output goes to ``workdir/<name>.log``. Raises with the log's tail on failure."""
+    ``workdir``); its console output goes to ``workdir/<name>.log``. Raises with the log's tail on failure.
+
+    The FID reference statistics go to ``workdir/fid_reference`` and are computed before the timed launch (a
+    sweep computes them once and caches them), so every sweep run in ``workdir`` shares them."""
     workdir.mkdir(parents=True, exist_ok=True)
+    space = copy.deepcopy(space)
+    space.setdefault("eval", {})["cache_dir"] = str(workdir / "fid_reference")
+    Evaluator(parse_sweep(space).run_config({}), "cpu").reference  # noqa: B018 -- fills the cache
     name = space["name"]
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))

@@ -17,8 +17,6 @@ from typing import Any
 from bench._common import write_result
 from bench._sweeps import ROOT, run_space
 from diffusion_core.config import read_yaml
-from diffusion_core.evaluate import Evaluator
-from sweep.config import parse_sweep
 
 
 def main() -> None:
@@ -31,18 +29,14 @@ def main() -> None:
 
     space = read_yaml(args.space)
     space["name"] = f"overhead-{space['name']}"
-    space.setdefault("eval", {})["cache_dir"] = str(workdir / "fid_reference")
     space.setdefault("sweep", {})["max_concurrent"] = 1
-    print("reference statistics, before the timed sweep ...", flush=True)
-    Evaluator(parse_sweep(space).run_config({}), "cpu").reference  # noqa: B018 -- the sweep then loads them from the cache
-
     run = run_space(space, workdir)
     first_start = min(r.finished_at - r.work_seconds for r in run.reports)
     last_report = max(r.finished_at for r in run.reports)
     overhead = run.wall_seconds - run.work_seconds
     result: dict[str, Any] = {
         "space": str(args.space.relative_to(ROOT) if args.space.is_relative_to(ROOT) else args.space),
-        "trials": len({r.trial_id for r in run.reports}),
+        "trials": run.trials,
         "reports": len(run.reports),
         "trial_steps": run.trial_steps,
         "wall_seconds": run.wall_seconds,
