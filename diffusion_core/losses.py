@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from diffusion_core.schedules import NoiseSchedule, _gather
+from diffusion_core.schedules import NoiseSchedule, Step, _gather
 
 
 def mean_flat(x: Tensor) -> Tensor:
@@ -44,7 +44,7 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
 
-def learned_log_variance(schedule: NoiseSchedule, t: Tensor, var_output: Tensor) -> Tensor:
+def learned_log_variance(schedule: NoiseSchedule, t: Step, var_output: Tensor) -> Tensor:
     """log Σθ = v log β_t + (1 − v) log β̃_t (improved DDPM eq. 15), with v = (output + 1)/2 as in
     improved-diffusion, so an output in [−1, 1] gives β̃_t ≤ Σθ ≤ β_t. As in the paper, v is not
     clamped. ``schedule`` must be the one the step t belongs to (the respaced one when sampling)."""

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_core.losses import hybrid_vlb_term
-from diffusion_core.schedules import NoiseSchedule
+from diffusion_core.schedules import NoiseSchedule, Step
 
 Prediction = Literal["eps", "x0", "v"]
 
@@ -25,7 +25,7 @@ def training_target(prediction: Prediction, schedule: NoiseSchedule, x_0: Tensor
     raise ValueError(f"unknown prediction {prediction!r}: use 'eps', 'x0' or 'v'")
 
 
-def to_eps_and_x0(prediction: Prediction, schedule: NoiseSchedule, x_t: Tensor, t: Tensor, output: Tensor) -> tuple[Tensor, Tensor]:
+def to_eps_and_x0(prediction: Prediction, schedule: NoiseSchedule, x_t: Tensor, t: Step, output: Tensor) -> tuple[Tensor, Tensor]:
     """Convert a network output into the (ε̂, x̂_0) pair that the samplers use."""
     if prediction == "eps":
         return output, schedule.predict_x0_from_eps(x_t, t, output)

@@ -10,6 +10,7 @@ the respaced schedule; DDIM only uses its mean channels.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from diffusion_core.losses import learned_log_variance
 from diffusion_core.objectives import Prediction, split_output, to_eps_and_x0
-from diffusion_core.schedules import NoiseSchedule, _gather
+from diffusion_core.schedules import NoiseSchedule
 
 Clip = Literal["none", "static", "dynamic"]
 
@@ -79,27 +80,15 @@ def predict(
     model: nn.Module,
     schedule: NoiseSchedule,
     x_t: Tensor,
-    t: Tensor,
-    prediction: Prediction,
-    settings: SamplerSettings,
-    y: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """(ε̂, x̂_0) at x_t; when x̂_0 is clipped, ε̂ is recomputed from it so both stay consistent."""
-    eps, x_0, _ = predict_with_variance(model, schedule, x_t, t, prediction, settings, y)
-    return eps, x_0
-
-
-def predict_with_variance(
-    model: nn.Module,
-    schedule: NoiseSchedule,
-    x_t: Tensor,
-    t: Tensor,
+    t: int,
     prediction: Prediction,
     settings: SamplerSettings,
     y: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(ε̂, x̂_0, variance output) at x_t; the variance output is None unless the model learns Σθ."""
-    output, var_output = split_output(guided_output(model, x_t, t, y, settings.guidance_weight), x_t.shape[1])
+    """(ε̂, x̂_0, variance output) at x_t, every sample at step t; when x̂_0 is clipped, ε̂ is recomputed from
+    it so both stay consistent. The variance output is None unless the model learns Σθ."""
+    t_batch = torch.full((len(x_t),), t, device=x_t.device, dtype=torch.long)
+    output, var_output = split_output(guided_output(model, x_t, t_batch, y, settings.guidance_weight), x_t.shape[1])
     eps, x_0 = to_eps_and_x0(prediction, schedule, x_t, t, output)
     if settings.clip != "none":
         x_0 = clip_x0(x_0, settings.clip, settings.threshold_percentile)
@@ -111,15 +100,15 @@ def ddim_step(
     x_t: Tensor,
     eps: Tensor,
     x_0: Tensor,
-    alpha_cumprod: Tensor,
-    alpha_cumprod_prev: Tensor,
+    alpha_cumprod: float,
+    alpha_cumprod_prev: float,
     eta: float,
     noise: Tensor | None,
 ) -> Tensor:
     """DDIM eq. 12: x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ²) ε̂ + σ z,
     σ = η √((1 − ᾱ_{t−1}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t−1})."""
-    sigma = eta * ((1 - alpha_cumprod_prev) / (1 - alpha_cumprod) * (1 - alpha_cumprod / alpha_cumprod_prev)).sqrt()
-    x_prev = alpha_cumprod_prev.sqrt() * x_0 + (1 - alpha_cumprod_prev - sigma**2).clamp(min=0).sqrt() * eps
+    sigma = eta * math.sqrt((1 - alpha_cumprod_prev) / (1 - alpha_cumprod) * (1 - alpha_cumprod / alpha_cumprod_prev))
+    x_prev = math.sqrt(alpha_cumprod_prev) * x_0 + math.sqrt(max(1 - alpha_cumprod_prev - sigma**2, 0.0)) * eps
     if noise is not None and eta > 0:
         x_prev = x_prev + sigma * noise
     return x_prev
@@ -156,6 +145,7 @@ def sample_from(
     ``timesteps`` (which start at 0); ``settings.steps`` is not used."""
     if not timesteps or timesteps[0] != 0 or any(b <= a for a, b in zip(timesteps, timesteps[1:])):
         raise ValueError(f"timesteps must ascend strictly from 0, got {timesteps}")
+    schedule = schedule.to("cpu")  # per-step coefficients become Python floats: see schedules._gather
     if settings.kind == "ddpm":
         return _ddpm(model, schedule, x_start, timesteps, prediction, settings, y, generator)
     if settings.kind == "ddim":
@@ -170,14 +160,12 @@ def _step_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def _ddim(model, schedule, x_T, timesteps, prediction, settings, y, generator) -> Tensor:
     x = x_T
-    alphas_cumprod = schedule.alphas_cumprod
+    alphas_cumprod = schedule.alphas_cumprod.tolist()
     for i in reversed(range(len(timesteps))):
-        t = torch.full((len(x),), timesteps[i], device=x.device, dtype=torch.long)
-        eps, x_0 = predict(model, schedule, x, t, prediction, settings, y)
-        alpha_cumprod = _gather(alphas_cumprod, t, x)
-        alpha_cumprod_prev = _gather(alphas_cumprod, t - (timesteps[i] - timesteps[i - 1]), x) if i > 0 else torch.ones_like(alpha_cumprod)
+        eps, x_0, _ = predict(model, schedule, x, timesteps[i], prediction, settings, y)
+        alpha_cumprod_prev = alphas_cumprod[timesteps[i - 1]] if i > 0 else 1.0
         noise = _step_noise(x, generator) if settings.eta > 0 and i > 0 else None
-        x = ddim_step(x, eps, x_0, alpha_cumprod, alpha_cumprod_prev, settings.eta, noise)
+        x = ddim_step(x, eps, x_0, alphas_cumprod[timesteps[i]], alpha_cumprod_prev, settings.eta, noise)
     return x.clamp(-1.0, 1.0)
 
 
@@ -187,11 +175,8 @@ def _ddpm(model, schedule, x_T, timesteps, prediction, settings, y, generator) -
     respaced = schedule.respace(timesteps)
     x = x_T
     for i in reversed(range(len(timesteps))):
-        t_model = torch.full((len(x),), timesteps[i], device=x.device, dtype=torch.long)
-        t_respaced = torch.full((len(x),), i, device=x.device, dtype=torch.long)
-        _, x_0, var_output = predict_with_variance(model, schedule, x, t_model, prediction, settings, y)
-        mean, _, log_variance = respaced.q_posterior(x_0, x, t_respaced)
-        if var_output is not None:
-            log_variance = learned_log_variance(respaced, t_respaced, var_output)
-        x = mean + (0.5 * log_variance).exp() * _step_noise(x, generator) if i > 0 else mean
+        _, x_0, var_output = predict(model, schedule, x, timesteps[i], prediction, settings, y)
+        mean, _, log_variance = respaced.q_posterior(x_0, x, i)
+        std = math.exp(0.5 * log_variance) if var_output is None else (0.5 * learned_log_variance(respaced, i, var_output)).exp()
+        x = mean + std * _step_noise(x, generator) if i > 0 else mean
     return x.clamp(-1.0, 1.0)

@@ -2,7 +2,8 @@
 
 Index convention: code index ``t`` in ``0..T-1`` is the paper's step ``t+1``. All per-step
 quantities are float64 tables on the schedule's device (``NoiseSchedule.to``), computed once and
-gathered to the input's dtype.
+gathered to the input's dtype; ``t`` is a tensor of per-sample steps, or an int for a step that the
+whole batch shares (then each quantity is a Python float).
 """
 from __future__ import annotations
 
@@ -32,8 +33,15 @@ def cosine_betas(timesteps: int, s: float = 0.008) -> Tensor:
     return torch.tensor(betas, dtype=torch.float64)
 
 
-def _gather(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """values[t] shaped (B, 1, 1, ...) to broadcast against ``like``."""
+Step = Tensor | int  # per-sample steps (B,), or one step shared by the whole batch
+
+
+def _gather(values: Tensor, t: Step, like: Tensor) -> Tensor | float:
+    """values[t] shaped (B, 1, 1, ...) to broadcast against ``like``. A step shared by the batch (an int)
+    gives a Python float instead: no kernel per coefficient, and no device sync when ``values`` is on the host
+    (the samplers, whose steps are shared, work on a host copy of the schedule)."""
+    if isinstance(t, int):
+        return values[t].item()
     out = values[t.to(values.device)].to(device=like.device, dtype=like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -127,15 +135,15 @@ class NoiseSchedule:
         previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         return NoiseSchedule(1.0 - alphas_cumprod / previous)
 
-    def q_mean_variance(self, x_0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def q_mean_variance(self, x_0: Tensor, t: Step) -> tuple[Tensor, Tensor | float]:
         """q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) (DDPM eq. 4)."""
         return _gather(self.sqrt_alphas_cumprod, t, x_0) * x_0, _gather(1.0 - self.alphas_cumprod, t, x_0)
 
-    def q_sample(self, x_0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    def q_sample(self, x_0: Tensor, t: Step, noise: Tensor) -> Tensor:
         """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
         return _gather(self.sqrt_alphas_cumprod, t, x_0) * x_0 + _gather(self.sqrt_one_minus_alphas_cumprod, t, x_0) * noise
 
-    def q_posterior(self, x_0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def q_posterior(self, x_0: Tensor, x_t: Tensor, t: Step) -> tuple[Tensor, Tensor | float, Tensor | float]:
         """q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (DDPM eqs. 6-7): mean, variance, clipped log variance.
 
         μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) · x_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · x_t.
@@ -147,18 +155,18 @@ class NoiseSchedule:
             _gather(self.posterior_log_variance_clipped, t, x_t),
         )
 
-    def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    def predict_x0_from_eps(self, x_t: Tensor, t: Step, eps: Tensor) -> Tensor:
         """x_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t."""
         return _gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
 
-    def predict_eps_from_x0(self, x_t: Tensor, t: Tensor, x_0: Tensor) -> Tensor:
+    def predict_eps_from_x0(self, x_t: Tensor, t: Step, x_0: Tensor) -> Tensor:
         """ε = (x_t − √ᾱ_t x_0) / √(1 − ᾱ_t)."""
         return (x_t - _gather(self.sqrt_alphas_cumprod, t, x_t) * x_0) / _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
 
-    def velocity(self, x_0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    def velocity(self, x_0: Tensor, t: Step, eps: Tensor) -> Tensor:
         """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho, 2022)."""
         return _gather(self.sqrt_alphas_cumprod, t, x_0) * eps - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_0) * x_0
 
-    def predict_x0_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+    def predict_x0_from_v(self, x_t: Tensor, t: Step, v: Tensor) -> Tensor:
         """x_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v."""
         return _gather(self.sqrt_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v

@@ -46,7 +46,6 @@ def test_ddim_step_equals_diffusers(eta, kind):
     settings = SamplerSettings(kind="ddim", steps=S, eta=eta, clip="none")
     abar = schedule.alphas_cumprod
     for t_int in [980, 500, 20, 0]:
-        t = torch.full((2,), t_int)
         expected = ref.step(output, t_int, x_t, eta=eta, variance_noise=noise).prev_sample
 
         class Fixed(nn.Module):
@@ -55,9 +54,9 @@ def test_ddim_step_equals_diffusers(eta, kind):
             def forward(self, x, tt, y=None):
                 return output
 
-        eps, x_0 = predict(Fixed(), schedule, x_t, t, "eps", settings)
-        prev = abar[t_int - T // S] if t_int - T // S >= 0 else torch.tensor(1.0, dtype=torch.float64)
-        ours = ddim_step(x_t, eps, x_0, abar[t_int].float(), prev.float(), eta, noise)
+        eps, x_0, _ = predict(Fixed(), schedule, x_t, t_int, "eps", settings)
+        prev = abar[t_int - T // S].item() if t_int - T // S >= 0 else 1.0
+        ours = ddim_step(x_t, eps, x_0, abar[t_int].item(), prev, eta, noise)
         torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -80,3 +80,18 @@ def test_respaced_schedule_keeps_alphas_cumprod_on_the_subsequence():
 def test_too_few_timesteps_rejected(bad):
     with pytest.raises(ValueError, match="timesteps"):
         NoiseSchedule.create("linear", bad)
+
+
+@pytest.mark.parametrize("step", [0, 1, 57, 99])
+def test_a_step_shared_by_the_batch_gives_the_per_sample_results(step):
+    """The samplers pass one int step for the whole batch (float coefficients); training passes a tensor."""
+    schedule = NoiseSchedule.create("cosine", 100)
+    gen = torch.Generator().manual_seed(step)
+    x_0, x_t, eps = (torch.randn(3, 2, 4, 4, generator=gen) for _ in range(3))
+    per_sample = torch.full((3,), step)
+    for method in (schedule.predict_x0_from_eps, schedule.predict_eps_from_x0, schedule.predict_x0_from_v, schedule.velocity):
+        torch.testing.assert_close(method(x_t, step, eps), method(x_t, per_sample, eps))
+    shared, tensor = schedule.q_posterior(x_0, x_t, step), schedule.q_posterior(x_0, x_t, per_sample)
+    assert isinstance(shared[1], float) and isinstance(shared[2], float)
+    torch.testing.assert_close(shared[0], tensor[0])
+    assert shared[1] == pytest.approx(float(tensor[1][0])) and shared[2] == pytest.approx(float(tensor[2][0]))
