@@ -123,7 +123,7 @@ def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracker: Sw
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, cfg.sweep.max_concurrent), scheduler=make_scheduler(cfg, base),
-                                    num_samples=cfg.sweep.num_trials),
+                                    num_samples=cfg.sweep.num_trials, reuse_actors=True),
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=checked.storage_path, progress_reporter=reporter, verbose=1,
             failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import tempfile
 import time
@@ -78,7 +79,7 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
     trainer = Trainer(cfg)
     extra = _restore(trainer) or {}
     client = MlflowClient(tracking_uri)
-    node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "worker_pid": str(os.getpid())}
     run = TrialRun(client, extra["mlflow_run_id"]) if "mlflow_run_id" in extra else TrialRun.find(client, experiment_id, parent_run_id, context.get_trial_id())
     if run is not None:
         run.reopen({**node, "restored_at_step": str(trainer.step)})

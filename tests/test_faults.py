@@ -12,7 +12,8 @@ from helpers import smoke_sweep_command, sweep_runs
 
 
 def _trial_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc.train"], capture_output=True, text=True).stdout
+    # the process title names the method running now (train, or none between two calls)
+    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
@@ -28,10 +29,11 @@ def test_killed_trial_process_restarts_from_checkpoint_with_four_concurrent_tria
         time.sleep(0.5)
     victim_dir = next(experiment.glob("run_trial_*/checkpoint_000000")).parent
     victim_trial = victim_dir.name.split("_")[2]
-    pids = _trial_pids()
-    assert len(pids) >= 2
     # Tune runs each trial in a working folder named like its results folder
-    victim = next(p for p in pids if _cwd_name(p) == victim_dir.name)
+    while not (victims := [p for p in _trial_pids() if _cwd_name(p) == victim_dir.name]):
+        assert time.time() < deadline, [(p, _cwd_name(p)) for p in _trial_pids()]
+        time.sleep(0.2)
+    victim = victims[0]
     os.kill(victim, signal.SIGKILL)
     output, _ = driver.communicate(timeout=1500)
     assert driver.returncode == 0, output[-4000:]

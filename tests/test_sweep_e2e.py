@@ -79,3 +79,12 @@ def test_surviving_trials_ran_a_sampling_study_on_their_final_checkpoint(smoke_s
     if best_run in completed:
         assert json.loads(parent.data.tags["best_sampling"]) == json.loads(best_run.data.tags["sampling_best"])
         assert "best sampling: sampler=" in output
+
+
+def test_trials_reuse_worker_processes(smoke_sweep):
+    """Ray keeps each trial's worker process for the next trial (reuse_actors): six trials, two at a time, must
+    not start six processes (each start re-imports torch, Ray and MLflow, ~10 s on 2 cores)."""
+    work, _ = smoke_sweep
+    _, _, children = sweep_runs(work, "smoke")
+    pids = [c.data.tags["worker_pid"] for c in children]
+    assert len(set(pids)) < len(pids), pids
