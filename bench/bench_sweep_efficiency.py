@@ -5,7 +5,9 @@ same evaluation (same reference statistics, same initial noises); only ``sweep.s
 ``sweep.scheduler.type`` differ.
 
 Compute is counted as training steps summed over trials, and as wall time from launch. ASHA's figure is taken
-at the first report whose FID is within the tolerance, with every report made before it counted.
+at the first report whose FID is within the tolerance, with every report made before it counted. Both sweeps try
+the same number of configurations by default; the figure is also given for the random search cut to its first k
+trials, which shows how it depends on the size of the search it is compared with.
 
     python -m bench.bench_sweep_efficiency --out efficiency.json
 """
@@ -59,6 +61,26 @@ def compute_to_reach(run: SweepRun, target_fid: float) -> dict[str, Any] | None:
     return None
 
 
+def by_random_search_size(random: SweepRun, asha: SweepRun, tolerance: float, smallest: int) -> list[dict[str, Any]]:
+    """The figure for a random search cut to its first k trials (in the order they started), k = ``smallest``..all:
+    random trials are independent draws, so the first k of them are a random search of k trials."""
+    started: dict[str, float] = {}
+    for r in random.reports:
+        started[r.trial_id] = min(started.get(r.trial_id, r.finished_at), r.finished_at - r.work_seconds)
+    order = sorted(started, key=started.get)
+    rows = []
+    for k in range(smallest, len(order) + 1):
+        first = set(order[:k])
+        reports = [r for r in random.reports if r.trial_id in first]
+        baseline = SweepRun(random.started_at, random.finished_at, reports)
+        target = baseline.best_fid * (1 + tolerance)
+        reached = compute_to_reach(asha, target)
+        rows.append({"random_trials": k, "random_steps": baseline.trial_steps, "best_fid": baseline.best_fid, "target_fid": target,
+                     "asha_steps": reached["steps"] if reached else None,
+                     "steps_ratio": reached["steps"] / baseline.trial_steps if reached else None})
+    return rows
+
+
 def summary(run: SweepRun, max_steps: int) -> dict[str, Any]:
     full = {r.trial_id for r in run.reports if r.step >= max_steps}
     return {"trials": run.trials, "full_budget_trials": len(full), "trial_steps": run.trial_steps,
@@ -67,7 +89,7 @@ def summary(run: SweepRun, max_steps: int) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--random-trials", type=int, default=8, help="trials of the full-budget random search")
+    p.add_argument("--random-trials", type=int, default=12, help="trials of the full-budget random search")
     p.add_argument("--asha-trials", type=int, default=12, help="trials of ASHA + TPE")
     p.add_argument("--max-steps", type=int, default=600)
     p.add_argument("--grace", type=int, default=100, help="ASHA grace period, and the evaluation interval of both sweeps")
@@ -96,6 +118,7 @@ def main() -> None:
         "work_ratio": reached["work_seconds"] / random.work_seconds if reached else None,
         "wall_ratio": reached["wall_seconds"] / random.wall_seconds if reached else None,
         "asha_total_steps_ratio": asha.trial_steps / random.trial_steps,
+        "by_random_search_size": by_random_search_size(random, asha, args.tolerance, smallest=min(args.startup, args.random_trials)),
         "workdir": str(args.workdir),
     }
     print(json.dumps(result, indent=2))

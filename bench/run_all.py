@@ -357,6 +357,20 @@ def section_efficiency(r: dict[str, Any], cmd: str) -> list[str]:
                      f"(random search: all {rnd['trials']}). Asynchronous ASHA promotes a trial when it is in the top "
                      f"1/{r['reduction_factor']:g} of the results recorded at its rung so far, so the first trials to reach "
                      "a rung, with little competition there, go on: with few trials per rung it prunes little.")
+    sizes = r.get("by_random_search_size", [])
+    if sizes:
+        lines += [
+            "",
+            "The same figure against a random search of its first k trials (random trials are independent draws, so these "
+            "are random searches of k trials; a larger one finds a better FID, a harder target, at a proportionally higher cost):",
+            "",
+            f"| random search trials | its trial-steps | its best FID | ASHA + TPE trial-steps to within {100 * r['tolerance']:.0f}% | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {row['random_trials']} | {row['random_steps']:,} | {row['best_fid']:.2f} | "
+                  + (f"{row['asha_steps']:,} | {row['steps_ratio']:.2f} |" if row["asha_steps"] is not None else "not reached | - |")
+                  for row in sizes]
+        lines.append("")
     lines += [
         "- One seed of each sweep (FID on 64 samples is noisy at the 5% level): read the figure as an order of magnitude, "
         "and rerun with `--seed` for more.",
