@@ -123,7 +123,7 @@ def ceiling_status(value: float | None, ceiling: float) -> str:
 
 
 def command(launch: str, args: list[str], threads: str) -> str:
-    return f"OMP_NUM_THREADS={threads} python {launch} {shlex.join(args)} --out RESULT.json"
+    return " ".join(filter(None, [f"OMP_NUM_THREADS={threads} python {launch}", shlex.join(args), "--out RESULT.json"]))
 
 
 def reproduce(cmd: str) -> list[str]:
@@ -490,7 +490,7 @@ def write_report(out: Path, meta: dict[str, Any], results: dict[str, Any], error
         r = results["efficiency"]
         ratio = f"**{r['steps_ratio']:.2f}**" if r["steps_ratio"] is not None else "not reached"
         lines.append(f"| trial-steps for ASHA + TPE to reach random search's best FID +{100 * r['tolerance']:.0f}% | "
-                     f"{r['reached']['steps'] if r['reached'] else '-'} | {r['random']['trial_steps']} (full-budget random search) | "
+                     f"{r['reached']['steps'] if r['reached'] else '-'} | {r['random']['trial_steps']} (full-budget random search, {r['random']['trials']} trials) | "
                      f"{ratio} | <= {CEILINGS['efficiency']:.2f} | {ceiling_status(r['steps_ratio'], CEILINGS['efficiency'])} |")
     if "overhead" in results:
         r = results["overhead"]
