@@ -45,7 +45,7 @@ def plan(quick: bool, cuda: bool, device: str) -> dict[str, tuple[str, list[str]
         # minutes on a shared 2-core machine with enough repetitions to take a median over.
         train = ["--preset", "cpu"] + (["--batch-size", "8", "--steps", "1", "--repeats", "9", "--warmup", "1"] if quick else [])
         sampling = ["--preset", "cpu"] + (["--batch-size", "2", "--repeats", "5", "--no-floor"] if quick
-                                          else ["--batch-size", "8", "--repeats", "5"])
+                                          else ["--batch-size", "8", "--repeats", "9"])
         fid = ["--num-images", "32" if quick else "2000", "--batch-size", "16" if quick else "50"]
         evaluation = ["--num-samples", "64" if quick else "10000", "--reference-images", "64" if quick else "2000"]
         no_retrain = ["--steps", "100", "--num-samples", "16", "--study-trials", "2"] if quick else []
