@@ -69,8 +69,9 @@ class NoiseSchedule:
         raise ValueError(f"unknown schedule {kind!r}: use 'linear' or 'cosine'")
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
-        """The same schedule with its tables on ``device`` (kept in float64)."""
-        return NoiseSchedule(self.betas.to(device))
+        """The same schedule with its tables on ``device`` (kept in float64); itself, with the tables it has already
+        computed, when it is there."""
+        return self if self.betas.device == torch.device(device) else NoiseSchedule(self.betas.to(device))
 
     @property
     def num_timesteps(self) -> int:
