@@ -65,8 +65,8 @@ def by_random_search_size(random: SweepRun, asha: SweepRun, tolerance: float, sm
     """The figure for a random search cut to its first k trials (in the order they started), k = ``smallest``..all:
     random trials are independent draws, so the first k of them are a random search of k trials."""
     started: dict[str, float] = {}
-    for r in random.reports:
-        started[r.trial_id] = min(started.get(r.trial_id, r.finished_at), r.finished_at - r.work_seconds)
+    for r in random.reports:  # in time order: a trial's first report tells when it started
+        started.setdefault(r.trial_id, r.finished_at - r.work_seconds)
     order = sorted(started, key=started.get)
     rows = []
     for k in range(smallest, len(order) + 1):
