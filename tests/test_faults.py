@@ -34,6 +34,7 @@ def test_killed_trial_process_restarts_from_checkpoint_with_four_concurrent_tria
         assert time.time() < deadline, [(p, _cwd_name(p)) for p in _trial_pids()]
         time.sleep(0.2)
     victim = victims[0]
+    assert len(_trial_pids()) >= 2
     os.kill(victim, signal.SIGKILL)
     output, _ = driver.communicate(timeout=1500)
     assert driver.returncode == 0, output[-4000:]
