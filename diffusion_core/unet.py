@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion_core.dropout import Dropout
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of (B,) timesteps into (B, dim) (Vaswani et al. / Ho et al.)."""
@@ -49,7 +51,7 @@ class ResBlock(nn.Module):
         self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_channels))
         self.out_norm = group_norm(out_channels)
         self.out_layers = nn.Sequential(
-            nn.SiLU(), nn.Dropout(dropout), zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+            nn.SiLU(), Dropout(dropout), zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         )
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
