@@ -2,6 +2,7 @@
 memory format and ``torch.compile``, seeded data order, exact checkpoint/restore. Knows nothing of Ray or MLflow."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from diffusion_core.checkpoint import CheckpointError, load_safe, save_atomic
-from diffusion_core.config import RunConfig
+from diffusion_core.config import RunConfig, TrainConfig
 from diffusion_core.data import BatchOrder, ImageData, load_images, to_unit_range
 from diffusion_core.ema import EMABank
 from diffusion_core.objectives import diffusion_loss, sample_timesteps
@@ -49,6 +50,12 @@ def build_schedule(cfg: RunConfig) -> NoiseSchedule:
     return NoiseSchedule.create(d.schedule, d.timesteps, d.cosine_s)
 
 
+def build_optimizer(params: Iterable[Tensor], train: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter) on PyTorch's fused kernel, on the CPU as on CUDA: for the benchmark
+    U-Net its CPU step is ~5x faster than the default per-tensor loop (bench_train_options.py)."""
+    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
+
+
 class Trainer:
     """One training run. ``step`` counts optimizer steps done; ``train_until`` continues from it."""
 
@@ -65,9 +72,7 @@ class Trainer:
         self.emas = EMABank(self.model, train.all_ema_decays, train.ema_warmup_steps)
         self.ema = self.emas.emas[train.ema_decay]
         self.loss_model = torch.compile(self.model) if train.compile else self.model  # shares the parameters
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=self.device.type == "cuda"
-        )
+        self.optimizer = build_optimizer(self.model.parameters(), train)
         self.schedule = build_schedule(cfg).to(self.device)
         self.order = BatchOrder(len(self.data), train.batch_size, train.seed)
         self.generator = torch.Generator(self.device).manual_seed(train.seed + 1)
