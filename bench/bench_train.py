@@ -3,9 +3,11 @@
 One step = noise the batch at random t, predict eps, MSE, backward, clip grad-norm 1.0, AdamW step
 (the model part of ``Trainer.train_step``; data loading, EMA and RNG draws are left out of both).
 Both models see the same x_0, t and eps and use the same optimizer settings; bf16 autocast on CUDA
-(as the trainer does), fp32 on CPU. diffusers' side is its own training recipe
-(``DDPMScheduler.add_noise`` + ``unet(x_t, t).sample`` + MSE, as in its train_unconditional example).
-Repetitions of ``--steps`` steps are interleaved ours/theirs (order rotated) and the median is reported.
+(as the trainer does), fp32 on CPU. Ours steps the trainer's optimizer (``build_optimizer``: fused AdamW).
+diffusers' side is its own training recipe (``DDPMScheduler.add_noise`` + ``unet(x_t, t).sample`` + MSE and
+``torch.optim.AdamW`` as PyTorch defaults it, as in its train_unconditional example); a third contestant
+runs that recipe with our fused AdamW, so the network + objective's share of the ratio is measured apart.
+Repetitions of ``--steps`` steps are interleaved (order rotated) and the median is reported.
 
     python -m bench.bench_train --preset cpu --out bench_train.json
     python -m bench.bench_train --preset cifar --device cuda --out bench_train.json
@@ -14,6 +16,7 @@ Repetitions of ``--steps`` steps are interleaved ours/theirs (order rotated) and
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -43,10 +46,12 @@ from bench._common import (
     sync,
     write_result,
 )
+from diffusion_core.config import DiffusionConfig, TrainConfig
 from diffusion_core.objectives import diffusion_loss
 from diffusion_core.schedules import NoiseSchedule
+from diffusion_core.trainer import build_optimizer
 
-LR, WEIGHT_DECAY, GRAD_CLIP, TIMESTEPS = 2e-4, 0.0, 1.0, 1000  # TrainConfig / DiffusionConfig defaults
+TRAIN, TIMESTEPS = TrainConfig(), DiffusionConfig().timesteps  # the defaults: lr 2e-4, no weight decay, grad-clip 1.0
 
 
 def main() -> None:
@@ -77,6 +82,7 @@ def main() -> None:
     ours = build_ours(preset).to(device).train()
     torch.manual_seed(0)
     theirs = build_diffusers(preset).to(device).train()
+    theirs_fused = copy.deepcopy(theirs)
     n_ours, n_theirs = num_params(ours), num_params(theirs)
     print(f"parameters: ours {n_ours:,}  diffusers UNet2DModel {n_theirs:,}  ratio {n_theirs / n_ours:.4f}")
     assert abs(n_theirs / n_ours - 1) <= 0.10, "diffusers model is not within +-10% of our parameter count"
@@ -85,8 +91,9 @@ def main() -> None:
 
     schedule = NoiseSchedule.create("linear", TIMESTEPS).to(device)
     ddpm = DDPMScheduler(num_train_timesteps=TIMESTEPS, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=cuda)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=cuda)
+    opt_ours = build_optimizer(ours.parameters(), TRAIN)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=TRAIN.lr, weight_decay=TRAIN.weight_decay)
+    opt_theirs_fused = build_optimizer(theirs_fused.parameters(), TRAIN)
 
     gen = torch.Generator(device).manual_seed(0)
     shape = (preset.batch_size, preset.channels, preset.image_size, preset.image_size)
@@ -98,45 +105,52 @@ def main() -> None:
         with torch.autocast(**amp):
             return diffusion_loss(ours, schedule, x_0, t, eps, "eps")
 
-    def loss_theirs(t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        x_t = ddpm.add_noise(x_0, eps, t)
-        with torch.autocast(**amp):
-            pred = theirs(x_t, t).sample
-            return F.mse_loss(pred.float(), eps.float())
+    def diffusers_loss(model: torch.nn.Module):
+        def loss_theirs(t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+            x_t = ddpm.add_noise(x_0, eps, t)
+            with torch.autocast(**amp):
+                pred = model(x_t, t).sample
+                return F.mse_loss(pred.float(), eps.float())
+        return loss_theirs
 
     def step(model, opt, loss_fn, t, eps) -> None:
         loss = loss_fn(t, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN.grad_clip)
         opt.step()
 
-    def run_ours() -> None:
-        for t, eps in noise:
-            step(ours, opt_ours, loss_ours, t, eps)
+    contestants = {
+        "ours": (ours, opt_ours, loss_ours),
+        "diffusers": (theirs, opt_theirs, diffusers_loss(theirs)),
+        "diffusers_fused_adamw": (theirs_fused, opt_theirs_fused, diffusers_loss(theirs_fused)),
+    }
 
-    def run_theirs() -> None:
-        for t, eps in noise:
-            step(theirs, opt_theirs, loss_theirs, t, eps)
+    def runner(model, opt, loss_fn):
+        def run() -> None:
+            for t, eps in noise:
+                step(model, opt, loss_fn, t, eps)
+        return run
 
     # FLOPs of one forward + backward (the optimizer's elementwise work is not counted).
     flops_ours = count_flops(lambda: loss_ours(*noise[0]).backward())
-    flops_theirs = count_flops(lambda: loss_theirs(*noise[0]).backward())
+    flops_theirs = count_flops(lambda: contestants["diffusers"][2](*noise[0]).backward())
     ours.zero_grad(set_to_none=True)
     theirs.zero_grad(set_to_none=True)
 
     for i in range(warmup):  # lazy init, cuDNN autotuning, allocator warm-up
-        step(ours, opt_ours, loss_ours, *noise[i % steps])
-        step(theirs, opt_theirs, loss_theirs, *noise[i % steps])
+        for contestant in contestants.values():
+            step(*contestant, *noise[i % steps])
     sync(device)
     # Where the time goes: one profiled training step of each (after warm-up, before timing).
-    prof_ours = op_profile(lambda: step(ours, opt_ours, loss_ours, *noise[0]), device)
-    prof_theirs = op_profile(lambda: step(theirs, opt_theirs, loss_theirs, *noise[0]), device)
+    prof_ours = op_profile(lambda: step(*contestants["ours"], *noise[0]), device)
+    prof_theirs = op_profile(lambda: step(*contestants["diffusers"], *noise[0]), device)
 
-    times = interleaved({"ours": run_ours, "diffusers": run_theirs}, repeats, device)
+    times = interleaved({name: runner(*c) for name, c in contestants.items()}, repeats, device)
     imgs = preset.batch_size * steps
     ips = {k: [imgs / s for s in v] for k, v in times.items()}
     med = {k: median(v) for k, v in ips.items()}
+    same_optimizer = paired_ratios(ips["ours"], ips["diffusers_fused_adamw"])
     peak, peak_key = (args.peak_flops, "--peak-flops") if args.peak_flops else peak_bf16_flops(device)
 
     def achieved(flops_per_step: int, img_per_s: float) -> float:
@@ -158,8 +172,10 @@ def main() -> None:
         "warmup_steps": warmup,
         "ours_img_per_s": med["ours"],
         "diffusers_img_per_s": med["diffusers"],
+        "diffusers_fused_adamw_img_per_s": med["diffusers_fused_adamw"],
         "ours_img_per_s_all": ips["ours"],
         "diffusers_img_per_s_all": ips["diffusers"],
+        "diffusers_fused_adamw_img_per_s_all": ips["diffusers_fused_adamw"],
         "ours_spread": spread(ips["ours"]),
         "diffusers_spread": spread(ips["diffusers"]),
         # Headline ratio: median over repetitions of ours/diffusers measured back to back (robust to
@@ -167,6 +183,9 @@ def main() -> None:
         "ratio": median(paired_ratios(ips["ours"], ips["diffusers"])),
         "ratio_of_medians": med["ours"] / med["diffusers"],
         "paired_ratios": paired_ratios(ips["ours"], ips["diffusers"]),
+        # The same against diffusers stepped by our fused AdamW: what the network + objective alone give.
+        "ratio_same_optimizer": median(same_optimizer),
+        "paired_ratios_same_optimizer": same_optimizer,
         "flops_per_step_ours": flops_ours,
         "flops_per_step_diffusers": flops_theirs,
         "achieved_flops_ours": achieved(flops_ours, med["ours"]),
@@ -189,6 +208,8 @@ def main() -> None:
               + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in prof["top_ops"][:5]))
     pr = result["paired_ratios"]
     print(f"paired ours/diffusers ratios per repetition: {', '.join(f'{r:.2f}' for r in pr)}")
+    print(f"with the same fused AdamW on both sides: {result['ratio_same_optimizer']:.2f}x "
+          f"(per repetition {', '.join(f'{r:.2f}' for r in same_optimizer)})")
     print("| device | batch | ours img/s | diffusers img/s | ratio | GFLOP/step ours / diffusers | MFU ours / diffusers |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {result['device']} | {preset.batch_size} | {med['ours']:.1f} | {med['diffusers']:.1f} | "

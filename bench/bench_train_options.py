@@ -2,8 +2,9 @@
 real ``Trainer.train_step`` (batch from the dataset, loss, backward, clip, AdamW, EMA) with one option changed.
 
 - ``train.channels_last`` and ``train.compile`` (off by default): speed with the option / speed without.
-- On CUDA, the options that are on by default are measured by turning each off: bf16 autocast
-  (``train.mixed_precision``), fused AdamW, and the dataset held on the device.
+- The choices that are on by default are measured by turning each off: fused AdamW; on the CPU our
+  dropout mask (against ``nn.Dropout``); on CUDA bf16 autocast (``train.mixed_precision``) and the dataset
+  held on the device.
 
 Repetitions are interleaved with the defaults (order rotated), and each figure is the median of the
 per-repetition ratios. Warm-up steps (where ``torch.compile`` compiles) are timed separately.
@@ -36,6 +37,7 @@ from bench._common import (
 )
 from diffusion_core.config import RunConfig
 from diffusion_core.data import ImageData
+from diffusion_core.dropout import Dropout
 from diffusion_core.trainer import Trainer
 
 
@@ -57,18 +59,27 @@ def data_on_host(trainer: Trainer) -> None:
     trainer.data = trainer.data.to("cpu")
 
 
+def torch_dropout(trainer: Trainer) -> None:
+    for module in trainer.model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+
+
 def variants(cuda: bool) -> dict[str, tuple[str, dict[str, Any], Callable[[Trainer], None] | None, bool]]:
     """name -> (what it changes, train-section overrides, a change made after construction, on by default?)."""
     out = {
         "channels_last": ("`train.channels_last: true` (NHWC model and batches)", {"channels_last": True}, None, False),
         "compile": ("`train.compile: true` (torch.compile, default mode)", {"compile": True}, None, False),
+        "unfused_adamw": ("AdamW with `fused=False`", {}, unfuse_adamw, True),
     }
     if cuda:
         out |= {
             "fp32": ("`train.mixed_precision: false` (no bf16 autocast)", {"mixed_precision": False}, None, True),
-            "unfused_adamw": ("AdamW with `fused=False`", {}, unfuse_adamw, True),
             "data_on_host": ("dataset kept in host memory, batches copied per step", {}, data_on_host, True),
         }
+    else:  # on CUDA our Dropout is F.dropout
+        out["torch_dropout"] = ("`nn.Dropout` (bernoulli_ mask) instead of our CPU dropout mask", {}, torch_dropout, True)
     return out
 
 

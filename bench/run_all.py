@@ -205,8 +205,8 @@ def section_options(r: dict[str, Any], cmd: str) -> list[str]:
         "(compilation happens in the warm-up).",
     ]
     if r["device_type"] == "cpu":
-        lines.append("- CPU only: bf16 autocast, fused AdamW and the on-device dataset are CUDA options and are measured "
-                     "by this benchmark on a GPU.")
+        lines.append("- CPU only: bf16 autocast and the on-device dataset are CUDA options and are measured by this "
+                     "benchmark on a GPU.")
     return lines + reproduce(cmd)
 
 
