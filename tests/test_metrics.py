@@ -24,6 +24,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from diffusion_core import inception_weights as iw
 from diffusion_core.metrics import (
     InceptionFeatures,
+    build_pytorch_fid_inception,
     ReferenceCache,
     ReferenceStats,
     feature_statistics,
@@ -148,12 +149,15 @@ def test_inception_features_shape_gray_and_count(extractor: InceptionFeatures, w
 
 
 def test_inception_features_match_pytorch_fid_model(extractor: InceptionFeatures, weights_path: Path) -> None:
-    """Same features as pytorch-fid's InceptionV3 (contiguous layout) fed the images in [0, 1]."""
+    """Same features as pytorch-fid's InceptionV3 (contiguous layout, batch norms unfolded) fed the images in [0, 1]."""
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     plain = InceptionFeatures(extractor.weights, device="cpu", channels_last=False)
     with torch.inference_mode():
-        expected = plain.model((x + 1) / 2)[0].flatten(1).double().numpy()
-    np.testing.assert_array_equal(plain(x), expected)
+        own_network = plain.model((x + 1) / 2)[0].flatten(1).double().numpy()
+        expected = build_pytorch_fid_inception(weights_path)((x + 1) / 2)[0].flatten(1).double().numpy()
+    np.testing.assert_array_equal(plain(x), own_network)  # the preprocessing is exactly pytorch-fid's input
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.model.modules())
+    np.testing.assert_allclose(plain(x), expected, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(extractor(x), expected, atol=1e-4, rtol=1e-4)
 
 
