@@ -18,3 +18,10 @@ def smoke_sweep(tmp_path_factory) -> tuple[Path, str]:
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def small_sweep_fid_cache(tmp_path_factory) -> Path:
+    """One FID cache for the fault, resume, divergence and two-node sweeps: they share one reference
+    (digits, 128 images), which the first of them computes (~20 s) and the others load."""
+    return tmp_path_factory.mktemp("small_sweep_fid_cache")

@@ -42,12 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE_SPACE = REPO / "search_spaces" / "smoke.yaml"
 
 
-def smoke_sweep_command(tmp_path: Path, *assignments: str) -> tuple[list[str], dict[str, str]]:
-    """`python -m sweep.launch smoke.yaml` isolated in ``tmp_path`` (its own Ray results, MLflow store
-    and FID cache), with ``key=value`` overrides; returns the command and its environment."""
+def smoke_sweep_command(tmp_path: Path, *assignments: str, fid_cache: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """`python -m sweep.launch smoke.yaml` isolated in ``tmp_path`` (its own Ray results and MLflow store;
+    its own FID cache unless ``fid_cache`` names one to share), with ``key=value`` overrides; returns the
+    command and its environment."""
     require(FID_WEIGHTS, "FID Inception weights")
+    cache = fid_cache or tmp_path / "fid_cache"
     cmd = [sys.executable, "-m", "sweep.launch", str(SMOKE_SPACE), "--storage-path", str(tmp_path / "ray_results"),
-           "--set", f"tracking.tracking_uri={store_uri(tmp_path)}", "--set", f"eval.cache_dir={tmp_path / 'fid_cache'}"]
+           "--set", f"tracking.tracking_uri={store_uri(tmp_path)}", "--set", f"eval.cache_dir={cache}"]
     for assignment in assignments:
         cmd += ["--set", assignment]
     return cmd, {**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)}

@@ -5,11 +5,11 @@ import subprocess
 from helpers import smoke_sweep_command, sweep_runs
 
 
-def test_diverging_trial_fails_with_reason_and_the_sweep_finishes(tmp_path):
+def test_diverging_trial_fails_with_reason_and_the_sweep_finishes(tmp_path, small_sweep_fid_cache):
     cmd, env = smoke_sweep_command(
         tmp_path, "name=diverge", "train.lr={choice: [0.001, 1.0]}", "train.grad_clip=null", "train.warmup_steps=0",
         "sweep.num_trials=4", "sweep.max_failures=0", "train.max_steps=200", "sweep.scheduler.grace_period=200",
-        "eval.num_samples=32", "eval.reference_images=128")
+        "eval.num_samples=32", "eval.reference_images=128", fid_cache=small_sweep_fid_cache)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -17,10 +17,11 @@ def _trial_pids() -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def test_killed_trial_process_restarts_from_checkpoint_with_four_concurrent_trials(tmp_path):
+def test_killed_trial_process_restarts_from_checkpoint_with_four_concurrent_trials(tmp_path, small_sweep_fid_cache):
     cmd, env = smoke_sweep_command(
         tmp_path, "name=faults", "sweep.num_trials=4", "sweep.max_concurrent=4", "sweep.resources_per_trial.cpu=0.5",
-        "sweep.scheduler.grace_period=300", "sweep.max_failures=2", "eval.num_samples=32", "eval.reference_images=128")
+        "sweep.scheduler.grace_period=300", "sweep.max_failures=2", "eval.num_samples=32", "eval.reference_images=128",
+        fid_cache=small_sweep_fid_cache)
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     experiment = tmp_path / "ray_results" / "faults"
     deadline = time.time() + 900
@@ -51,7 +52,7 @@ def test_killed_trial_process_restarts_from_checkpoint_with_four_concurrent_tria
     assert sorted({m.step for m in client.get_metric_history(killed.info.run_id, "fid")}) == [100, 200, 300]
 
     assert sqlite3.connect(tmp_path / "mlflow.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    caches = list((tmp_path / "fid_cache").glob("ref-*.npz"))
+    caches = list(small_sweep_fid_cache.glob("ref-*.npz"))
     assert len(caches) == 1
 
 

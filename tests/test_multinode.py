@@ -20,10 +20,10 @@ def two_node_cluster():
         cluster.shutdown()
 
 
-def test_sweep_spreads_over_two_nodes_into_one_mlflow_store(two_node_cluster, tmp_path):
+def test_sweep_spreads_over_two_nodes_into_one_mlflow_store(two_node_cluster, tmp_path, small_sweep_fid_cache):
     cmd, env = smoke_sweep_command(tmp_path, "name=multinode", "sweep.num_trials=4", "train.max_steps=200",
                                    "eval.num_samples=32", "eval.reference_images=128",
-                                   "train.ema_rates=[0.999]")
+                                   "train.ema_rates=[0.999]", fid_cache=small_sweep_fid_cache)
     cmd += ["--address", two_node_cluster.address]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -39,4 +39,4 @@ def test_sweep_spreads_over_two_nodes_into_one_mlflow_store(two_node_cluster, tm
         assert fid and set(fid) == set(banked) == set(searched), "the EMA bank was not evaluated at every rung"
         assert all(fid[s] == min(banked[s], searched[s]) for s in fid), "reported FID is not the bank's best"
     assert "best EMA rate: " in proc.stdout
-    assert len(list((tmp_path / "fid_cache").glob("ref-*.npz"))) == 1
+    assert len(list(small_sweep_fid_cache.glob("ref-*.npz"))) == 1  # one reference for both nodes

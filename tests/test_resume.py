@@ -13,9 +13,9 @@ def _checkpoints(tmp_path):
     return list((tmp_path / "ray_results" / "resumed").glob("run_trial_*/checkpoint_*"))
 
 
-def test_sigkill_driver_then_resume_finishes_without_losing_or_duplicating(tmp_path):
+def test_sigkill_driver_then_resume_finishes_without_losing_or_duplicating(tmp_path, small_sweep_fid_cache):
     cmd, env = smoke_sweep_command(tmp_path, "name=resumed", "sweep.num_trials=3", "sweep.scheduler.grace_period=300",
-                                   "eval.num_samples=32", "eval.reference_images=128")
+                                   "eval.num_samples=32", "eval.reference_images=128", fid_cache=small_sweep_fid_cache)
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
     while not _checkpoints(tmp_path):
