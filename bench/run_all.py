@@ -528,8 +528,10 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--json-dir", type=Path, default=None, help="keep each benchmark's JSON here (default: a temporary folder)")
     p.add_argument("--reuse-json", action="store_true",
-                   help="take a benchmark's result from --json-dir when its JSON is already there (resume a long run)")
-    p.add_argument("--only", nargs="*", choices=tuple(plan(quick=False, cuda=False, device="cpu")), default=None, help="run only these benchmarks")
+                   help="take a benchmark's result from --json-dir when its JSON is already there (resume a long run); "
+                        "with --only, the named benchmarks run anew and the others are taken from their JSON")
+    p.add_argument("--only", nargs="*", choices=tuple(plan(quick=False, cuda=False, device="cpu")), default=None,
+                   help="run only these benchmarks (the others are left out of the report, or reused with --reuse-json)")
     args = p.parse_args()
 
     import torch
@@ -549,14 +551,15 @@ def main() -> None:
     reused: list[str] = []
     for name, (launch, bench_args) in plan(args.quick, cuda, args.device).items():
         commands[name] = command(launch, bench_args, threads)
-        if args.only and name not in args.only:
-            errors[name] = "skipped (--only)"
-            continue
         json_path = json_dir / f"{name}.json"
-        if args.reuse_json and json_path.is_file():
+        chosen = not args.only or name in args.only
+        if args.reuse_json and json_path.is_file() and not (args.only and chosen):
             results[name] = json.loads(json_path.read_text())
             reused.append(name)
             print(f"[{name}: reused {json_path}]", flush=True)
+            continue
+        if not chosen:
+            errors[name] = "skipped (--only)"
             continue
         result, error, seconds = run_one(launch, bench_args, json_path, env)
         print(f"[{name}: {seconds:.0f} s]", flush=True)
