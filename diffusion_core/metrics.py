@@ -7,6 +7,7 @@ at equal N. KID (unbiased polynomial-kernel MMD^2) is logged beside it.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -63,6 +64,13 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     return model
 
 
+@functools.lru_cache(maxsize=4)
+def inception_network(path: Path, sha256: str, device: torch.device, memory_format: torch.memory_format) -> nn.Module:
+    """pytorch-fid's network with its batch norms folded, on ``device``: built once per process for these
+    weights (a reused Ray worker keeps it from one trial to the next), then only read (inference mode)."""
+    return fold_batch_norms(build_pytorch_fid_inception(path)).to(device, memory_format=memory_format)
+
+
 class InceptionFeatures:
     """Images in [-1, 1], (N, C, H, W) with C in {1, 3} -> pool3 features (N, 2048) float64.
 
@@ -84,11 +92,14 @@ class InceptionFeatures:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        model = fold_batch_norms(build_pytorch_fid_inception(self.weights.path))
-        self.model = model.to(self.device, memory_format=self.memory_format)
         self.images_seen = 0
         self.progress: Progress | None = None
         log.info(self.describe())
+
+    @property
+    def model(self) -> nn.Module:
+        """The network, built on first use (a cached reference needs none) and shared within the process."""
+        return inception_network(self.weights.path, self.weights.sha256, self.device, self.memory_format)
 
     def describe(self) -> str:
         w = self.weights

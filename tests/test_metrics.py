@@ -25,6 +25,7 @@ from diffusion_core import inception_weights as iw
 from diffusion_core.metrics import (
     InceptionFeatures,
     build_pytorch_fid_inception,
+    inception_network,
     ReferenceCache,
     ReferenceStats,
     feature_statistics,
@@ -217,6 +218,23 @@ def test_reference_cache_hit_miss_and_corruption(extractor: InceptionFeatures, m
         np.testing.assert_allclose(repaired.mu, first.mu, atol=1e-5)
     assert calls == [4, 3, 4, 4]
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+def test_network_is_built_on_first_use_once_per_process(extractor: InceptionFeatures, mnist: torch.Tensor,
+                                                        tmp_path: Path) -> None:
+    """A cached reference needs no network; every extractor of the same weights, device and layout shares one
+    (a reused Ray worker builds it for its first trial only)."""
+    key = {"dataset": "mnist", "split": "test", "image_size": 28, "num_images": 4}
+    ReferenceCache(tmp_path).get(key, lambda: mnist[:4], extractor)
+    inception_network.cache_clear()
+    fresh = InceptionFeatures(extractor.weights, device="cpu")
+    ReferenceCache(tmp_path).get(key, lambda: pytest.fail("recomputed"), fresh)
+    assert inception_network.cache_info().currsize == 0
+    x = mnist[:2]
+    np.testing.assert_array_equal(fresh(x), extractor(x))
+    assert fresh.model is extractor.model and fresh.model is InceptionFeatures(extractor.weights, device="cpu").model
+    assert InceptionFeatures(extractor.weights, device="cpu", channels_last=False).model is not fresh.model
+    assert inception_network.cache_info().misses == 2
 
 
 class _SlowStubExtractor:
