@@ -9,8 +9,8 @@ import pytest
 
 def test_checkpoint_restore_continues_exactly(tmp_path):
     """600 steps with a checkpoint at 300: a fresh process restored from it repeats steps 300..600 exactly,
-    across an epoch boundary of the data order (1,797 digits in batches of 8: a batch at step 449 spans
-    two epochs) and with dropout drawing from the restored global RNG."""
+    across epoch boundaries of the data order (1,437 training digits in batches of 8: the batches at steps
+    359 and 538 span two epochs) and with dropout drawing from the restored global RNG."""
     cfg = tiny_config(
         model={"base_channels": 8, "channel_mult": [1], "attention_resolutions": [], "num_heads": 1},
         train={"batch_size": 8, "max_steps": 600},
