@@ -51,8 +51,9 @@ def build_schedule(cfg: RunConfig) -> NoiseSchedule:
 
 
 def build_optimizer(params: Iterable[Tensor], train: TrainConfig) -> torch.optim.AdamW:
-    """AdamW (Loshchilov & Hutter) on PyTorch's fused kernel, on the CPU as on CUDA: for the benchmark
-    U-Net its CPU step is ~5x faster than the default per-tensor loop (bench_train_options.py)."""
+    """AdamW (Loshchilov & Hutter) on PyTorch's fused kernel, on the CPU as on CUDA. Measured on 2 CPU cores,
+    the optimizer step alone: 26 -> 5 ms for the benchmark U-Net (~4% of its training step) and 5 -> 0.9 ms
+    for the tests' tiny U-Nets (~20% of theirs), against PyTorch's default per-tensor loop."""
     return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
 
 
