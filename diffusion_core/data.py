@@ -6,7 +6,6 @@ restored run continues with exactly the batches it would have seen.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,23 +61,16 @@ def _torchvision(cfg: DataConfig, train: bool) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"dataset {cfg.dataset!r} not found under {root} ({exc}); {hint}") from None
 
 
-@functools.lru_cache(maxsize=1)
-def _all_digits() -> tuple[np.ndarray, np.ndarray]:
-    """All 1,797 of scikit-learn's 8x8 digits as uint8 (1, 8, 8) images and their labels, read once per
-    process (``load_digits`` parses a CSV: ~1 s, paid again by every trial of a reused Ray worker otherwise)."""
+def _digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (1,797 images, shipped with the package); a fixed 80/20 split."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    return (digits.images * (255.0 / 16.0)).round().astype(np.uint8)[:, None], digits.target
-
-
-def _digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8x8 digits (shipped with the package); a fixed 80/20 split."""
-    images, labels = _all_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)[:, None]
     order = np.random.default_rng(0).permutation(len(images))
     cut = int(0.8 * len(images))
     keep = order[:cut] if train else order[cut:]
-    return images[keep], labels[keep]
+    return images[keep], digits.target[keep]
 
 
 def load_images(cfg: DataConfig, train: bool = True) -> ImageData:
