@@ -399,8 +399,8 @@ def section_overhead(r: dict[str, Any], cmd: str) -> list[str]:
         f"| wall time of `python -m sweep.launch {r['space']}` (one trial at a time) | {r['wall_seconds']:.0f} | 100% |",
         f"| training + evaluation inside the {r['trials']} trials ({r['trial_steps']:,} steps, {r['reports']} reports) | "
         f"{r['work_seconds']:.0f} | {100 * r['work_seconds'] / r['wall_seconds']:.0f}% |",
-        f"| **overhead** (target <= {100 * ceiling:.0f}%: {verdict}) | {r['overhead_seconds']:.0f} | "
-        f"**{100 * r['overhead_fraction']:.0f}%** |",
+        f"| **overhead** (target <= {100 * ceiling:.0f}%: {verdict}) | {r['overhead_seconds']:.1f} | "
+        f"**{100 * r['overhead_fraction']:.1f}%** |",
         f"| of which before the first trial trained (validation, preflight, Ray start, first trial's setup) | "
         f"{r['before_first_trial_seconds']:.0f} | {100 * r['before_first_trial_seconds'] / r['wall_seconds']:.0f}% |",
         f"| of which after the last report (Ray shutdown, summary, report, the best trial's interpolation grids) | "
@@ -505,8 +505,8 @@ def write_report(out: Path, meta: dict[str, Any], results: dict[str, Any], error
                      f"{ratio} | <= {CEILINGS['efficiency']:.2f} | {ceiling_status(r['steps_ratio'], CEILINGS['efficiency'])} |")
     if "overhead" in results:
         r = results["overhead"]
-        lines.append(f"| orchestration overhead of the smoke sweep, s | {r['overhead_seconds']:.0f} of {r['wall_seconds']:.0f} wall | "
-                     f"{r['work_seconds']:.0f} in trials | **{100 * r['overhead_fraction']:.0f}%** | <= {100 * CEILINGS['overhead']:.0f}% | "
+        lines.append(f"| orchestration overhead of the smoke sweep, s | {r['overhead_seconds']:.1f} of {r['wall_seconds']:.0f} wall | "
+                     f"{r['work_seconds']:.0f} in trials | **{100 * r['overhead_fraction']:.1f}%** | <= {100 * CEILINGS['overhead']:.0f}% | "
                      f"{ceiling_status(r['overhead_fraction'], CEILINGS['overhead'])} |")
     lines.append("")
     builders = {"train": section_train, "options": section_options, "sampling": section_sampling, "fid": section_fid, "eval": section_eval,
