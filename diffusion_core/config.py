@@ -11,11 +11,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from diffusion_core.objectives import PREDICTIONS
+from diffusion_core.samplers import SamplerSettings
+from diffusion_core.schedules import SCHEDULES
 
 DATASET_CHANNELS = {"cifar10": 3, "mnist": 1, "digits": 1, "stl10": 3}
 DATASET_SIZES = {"cifar10": 32, "mnist": 28, "digits": 8, "stl10": 96}
 DEFAULT_ROOT = "~/.cache/diffusion-sweep/data"
+SEARCH_KINDS = ("choice", "uniform", "loguniform", "int")  # a mapping with one of these keys is a search dimension
+RENAMED_KEYS = {"train.ema_decay": "train.ema_rates (one EMA rate, or a list of them: an EMA bank)"}
 
 
 class ConfigError(ValueError):
@@ -75,9 +88,9 @@ class ModelConfig(Section):
 
 
 class DiffusionConfig(Section):
-    schedule: Literal["linear", "cosine"] = "linear"
+    schedule: Literal[tuple(SCHEDULES)] = "linear"  # type: ignore[valid-type]
     timesteps: int = Field(default=1000, ge=2, le=100_000)
-    prediction: Literal["eps", "x0", "v"] = "eps"
+    prediction: Literal[tuple(PREDICTIONS)] = "eps"  # type: ignore[valid-type]
     cosine_s: float = Field(default=0.008, gt=0.0, lt=1.0)
     min_timestep: int = Field(default=0, ge=0, description="smallest 0-based t drawn in training (1 gives seed 001's t ~ U{2..T})")
     learn_sigma: bool = Field(default=False, description="U-Net also outputs Σθ (improved DDPM eq. 15), trained with the hybrid loss (eq. 16)")
@@ -96,10 +109,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0.0)
     warmup_steps: int = Field(default=0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0.0)
-    ema_decay: float = Field(default=0.999, gt=0.0, lt=1.0)
+    ema_rates: list[float] = Field(default_factory=lambda: [0.999], min_length=1, max_length=16,
+                                   description="EMA rates kept in one training (an EMA bank), each evaluated at every rung")
     ema_warmup_steps: int = Field(default=0, ge=0)
-    ema_rates: list[float] = Field(default_factory=list, max_length=16,
-                                   description="extra EMA decays tracked in the same training (an EMA bank), each evaluated at every rung")
     max_steps: int = Field(default=1000, ge=1)
     checkpoint_every: int | None = Field(default=None, ge=1)
     label_dropout: float = Field(default=0.1, ge=0.0, le=1.0)
@@ -107,6 +119,11 @@ class TrainConfig(Section):
     channels_last: bool = Field(default=False, description="NHWC memory format for the U-Net and its batches")
     compile: bool = Field(default=False, description="torch.compile the training forward and backward (compiles once per trial)")
     seed: int = 0
+
+    @field_validator("ema_rates", mode="before")
+    @classmethod
+    def _one_rate_is_a_bank_of_one(cls, rates: Any) -> Any:
+        return [rates] if isinstance(rates, (int, float)) and not isinstance(rates, bool) else rates
 
     @field_validator("ema_rates")
     @classmethod
@@ -117,22 +134,15 @@ class TrainConfig(Section):
             raise ValueError(f"duplicate EMA rates in {rates}")
         return rates
 
-    @property
-    def all_ema_decays(self) -> list[float]:
-        """``ema_decay`` first, then the bank's other rates."""
-        return [self.ema_decay, *(r for r in self.ema_rates if r != self.ema_decay)]
 
+class EvalConfig(SamplerSettings):
+    """Evaluation at every rung: the sampling settings (``SamplerSettings``' fields) and the FID/KID budget."""
 
-class EvalConfig(Section):
+    model_config = Section.model_config
+
     every_steps: int = Field(default=500, ge=1)
     num_samples: int = Field(default=256, ge=2)
     batch_size: int = Field(default=128, ge=1)
-    sampler: Literal["ddpm", "ddim"] = "ddim"
-    sampling_steps: int = Field(default=50, ge=1)
-    eta: float = Field(default=0.0, ge=0.0, le=1.0)
-    guidance_weight: float = 1.0
-    clip: Literal["none", "static", "dynamic"] = "static"
-    threshold_percentile: float = Field(default=0.995, gt=0.0, le=1.0)
     reference_split: Literal["train", "test"] = "test"
     reference_images: int = Field(default=1000, ge=2)
     kid_subset_size: int = Field(default=100, ge=2)
@@ -175,7 +185,8 @@ def error_line(source: str | Path, exc: ValidationError) -> str:
     path = ".".join(str(p) for p in first["loc"]) or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown key (check the spelling; see README's YAML reference)"
+        renamed = RENAMED_KEYS.get(path)
+        message = f"renamed: use {renamed}" if renamed else "unknown key (check the spelling; see docs/configuration.md)"
     more = len(exc.errors()) - 1
     suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{source}: {path}: {message}{suffix}"

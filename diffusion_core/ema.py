@@ -1,6 +1,6 @@
 """Exponential moving average of model weights with warm-up.
 
-theta_ema(t) = decay * theta_ema(t - 1) + (1 - decay) * theta(t), and during the
+theta_ema(t) = rate * theta_ema(t - 1) + (1 - rate) * theta(t), and during the
 first ``warmup_steps`` optimizer steps the EMA is a plain copy of the weights,
 so theta_ema(N) = theta(N) for N = warmup_steps. Buffers are always copied.
 """
@@ -18,12 +18,12 @@ from torch import nn
 class EMA:
     """EMA of one model's parameters, kept in ``shadow`` (eval mode, no grad)."""
 
-    def __init__(self, model: nn.Module, decay: float, warmup_steps: int = 0) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must be in (0, 1), got {decay}")
+    def __init__(self, model: nn.Module, rate: float, warmup_steps: int = 0) -> None:
+        if not 0.0 < rate < 1.0:
+            raise ValueError(f"EMA rate must be in (0, 1), got {rate}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.decay = float(decay)
+        self.rate = float(rate)
         self.warmup_steps = int(warmup_steps)
         self.shadow: nn.Module = copy.deepcopy(model).eval().requires_grad_(False)
 
@@ -37,42 +37,42 @@ class EMA:
         if step <= self.warmup_steps:
             torch._foreach_copy_(ema_params, params)
         else:
-            torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
+            torch._foreach_lerp_(ema_params, params, 1.0 - self.rate)
         for ema_buf, buf in zip(self.shadow.buffers(), model.buffers(), strict=True):
             ema_buf.copy_(buf)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "warmup_steps": self.warmup_steps, "shadow": self.shadow.state_dict()}
+        return {"rate": self.rate, "warmup_steps": self.warmup_steps, "shadow": self.shadow.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.decay = float(state["decay"])
+        self.rate = float(state["rate"])
         self.warmup_steps = int(state["warmup_steps"])
         self.shadow.load_state_dict(state["shadow"])
 
 
 class EMABank:
-    """Several EMAs of the same model, one per decay rate."""
+    """Several EMAs of the same model, one per rate."""
 
-    def __init__(self, model: nn.Module, decays: Sequence[float], warmup_steps: int = 0) -> None:
-        if not decays:
-            raise ValueError("decays must not be empty")
-        if len(set(decays)) != len(decays):
-            raise ValueError(f"duplicate decay rates in {list(decays)}")
-        self.emas: dict[float, EMA] = {float(d): EMA(model, d, warmup_steps) for d in decays}
+    def __init__(self, model: nn.Module, rates: Sequence[float], warmup_steps: int = 0) -> None:
+        if not rates:
+            raise ValueError("EMA rates must not be empty")
+        if len(set(rates)) != len(rates):
+            raise ValueError(f"duplicate EMA rates in {list(rates)}")
+        self.emas: dict[float, EMA] = {float(r): EMA(model, r, warmup_steps) for r in rates}
 
     def update(self, model: nn.Module, step: int) -> None:
         for ema in self.emas.values():
             ema.update(model, step)
 
     def models(self) -> dict[float, nn.Module]:
-        return {decay: ema.shadow for decay, ema in self.emas.items()}
+        return {rate: ema.shadow for rate, ema in self.emas.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"emas": [ema.state_dict() for ema in self.emas.values()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        decays = [float(s["decay"]) for s in state["emas"]]
-        if decays != list(self.emas):
-            raise ValueError(f"state holds decays {decays}, bank tracks {list(self.emas)}")
+        rates = [float(s["rate"]) for s in state["emas"]]
+        if rates != list(self.emas):
+            raise ValueError(f"state holds EMA rates {rates}, bank tracks {list(self.emas)}")
         for ema, ema_state in zip(self.emas.values(), state["emas"], strict=True):
             ema.load_state_dict(ema_state)

@@ -12,8 +12,13 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from diffusion_core.config import RunConfig
-from diffusion_core.data import load_images, to_unit_range, to_uint8
-from diffusion_core.metrics import InceptionFeatures, ReferenceCache, ReferenceStats, fid_kid
+from diffusion_core.data import load_images, to_uint8, to_unit_range
+from diffusion_core.metrics import (
+    InceptionFeatures,
+    ReferenceCache,
+    ReferenceStats,
+    fid_kid,
+)
 from diffusion_core.samplers import SamplerSettings, sample
 from diffusion_core.schedules import NoiseSchedule
 
@@ -58,9 +63,9 @@ class BankEvaluation:
 
 
 def sampler_settings(cfg: RunConfig) -> SamplerSettings:
-    e = cfg.eval
-    steps = min(e.sampling_steps, cfg.diffusion.timesteps)
-    return SamplerSettings(e.sampler, steps, e.eta, e.guidance_weight, e.clip, e.threshold_percentile)
+    """The run's sampling settings (``eval``'s sampling keys), with at most T sampling steps."""
+    settings = cfg.eval.settings()
+    return settings.model_copy(update={"sampling_steps": min(settings.sampling_steps, cfg.diffusion.timesteps)})
 
 
 def fixed_noise(cfg: RunConfig) -> tuple[Tensor, Tensor | None]:

@@ -8,31 +8,28 @@
   from t (deterministic DDIM, so every λ shares the same decoder). Each row is framed by its two
   source images.
 
-Works on any checkpoint the Trainer or a sweep writes (``checkpoint_best.pt``, ``checkpoint_last.pt``,
-a sweep trial's ``best_ema.pt``): the EMA weights and the run config travel inside it.
+Works on any checkpoint this project writes: a model file (``checkpoint_best.pt`` of a run, a sweep trial's
+``checkpoints/checkpoint_best.pt``) or a trainer checkpoint (``checkpoint_last.pt``); the EMA weights and the run config travel inside it.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import torch
-from pydantic import ValidationError
 from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
-from diffusion_core.checkpoint import CheckpointError, load_safe
+from diffusion_core.checkpoint import CheckpointError, load_model
 from diffusion_core.config import ConfigError, DataConfig, RunConfig
 from diffusion_core.data import DatasetError, load_images, to_unit_range
 from diffusion_core.objectives import Prediction
 from diffusion_core.samplers import SamplerSettings, sample, sample_from
-from diffusion_core.schedules import NoiseSchedule
-from diffusion_core.trainer import build_model, build_schedule
+from diffusion_core.schedules import NoiseSchedule, build_schedule
 
-DDIM = SamplerSettings(kind="ddim", eta=0.0, clip="static")
+DDIM = SamplerSettings(sampler="ddim", eta=0.0, clip="static")
 
 
 def slerp(z_a: Tensor, z_b: Tensor, alphas: Tensor) -> Tensor:
@@ -62,7 +59,7 @@ def noise_interpolation(
     """(rows·cols, C, H, W) images in [−1, 1]: row r decodes slerp(z_r, z'_r; α) for α = 0 … 1."""
     alphas = torch.linspace(0.0, 1.0, cols)
     x_T = torch.cat([slerp(torch.randn(shape, generator=generator), torch.randn(shape, generator=generator), alphas) for _ in range(rows)])
-    settings = SamplerSettings(kind="ddim", steps=min(steps, schedule.num_timesteps), eta=0.0, clip="static")
+    settings = DDIM.model_copy(update={"sampling_steps": min(steps, schedule.timesteps)})
     model.eval()
     return sample(model, schedule, x_T.to(device), prediction, settings).cpu()
 
@@ -87,8 +84,8 @@ def xt_interpolation(
     """Seed 003's interpolation of real images: for each pair (x_a[i], x_b[i]) in [−1, 1], diffuse
     both to code step ``t``, mix x̄_t = (1 − λ) x_t + λ x'_t for λ = 0 … 1 and denoise from t.
     Returns (pairs·(cols + 2), C, H, W): each row x_a, the ``cols`` decoded points, x_b."""
-    if not 0 <= t < schedule.num_timesteps:
-        raise ValueError(f"t must be in 0..{schedule.num_timesteps - 1}, got {t}")
+    if not 0 <= t < schedule.timesteps:
+        raise ValueError(f"t must be in 0..{schedule.timesteps - 1}, got {t}")
     steps_t = torch.full((len(x_a),), t, dtype=torch.long)
     x_t_a = schedule.q_sample(x_a, steps_t, torch.randn(x_a.shape, generator=generator))
     x_t_b = schedule.q_sample(x_b, steps_t, torch.randn(x_b.shape, generator=generator))
@@ -98,25 +95,6 @@ def xt_interpolation(
     decoded = sample_from(model, schedule, mixed.to(device), denoising_timesteps(t, steps), prediction, DDIM).cpu()
     rows = decoded.reshape(len(x_a), cols, *x_a.shape[1:])
     return torch.cat([x_a[:, None], rows, x_b[:, None]], dim=1).flatten(0, 1)
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, RunConfig]:
-    """The EMA model (the raw model if a checkpoint has no EMA) and the run config of a checkpoint."""
-    state = load_safe(path)
-    if "config" not in state:
-        raise CheckpointError(f"{path}: not a diffusion-sweep checkpoint (no run config inside)")
-    try:
-        cfg = RunConfig.model_validate(json.loads(state["config"]))
-    except (ValidationError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: its run config does not validate with this version ({str(exc).splitlines()[0]})") from None
-    ema: Any = state.get("ema")
-    weights = ema["shadow"] if isinstance(ema, dict) and "shadow" in ema else ema or state.get("model")
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: weights do not match its run config ({str(exc).splitlines()[0][:200]})") from None
-    return model.to(device).eval(), cfg
 
 
 def real_pairs(data: DataConfig, pairs: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -138,21 +116,21 @@ def interpolation_grids(
 ) -> dict[str, tuple[Tensor, int]]:
     """The noise grid and, when ``pairs`` > 0, the x_t-space grid of real images: name → (images, per row).
     ``t`` defaults to T/2, ``steps`` to ``eval.sampling_steps``."""
-    schedule = build_schedule(cfg).to(device)
+    schedule = build_schedule(cfg.diffusion).to(device)
     steps = steps or cfg.eval.sampling_steps
     shape = (cfg.data.channels, cfg.data.resolution, cfg.data.resolution)
     generator = torch.Generator().manual_seed(seed)
     grids = {"noise_slerp": (noise_interpolation(model, schedule, cfg.diffusion.prediction, shape, rows, cols, steps, generator, device), cols)}
     if pairs > 0:
         x_a, x_b = real_pairs(cfg.data, pairs, seed)
-        t = schedule.num_timesteps // 2 if t is None else t
+        t = schedule.timesteps // 2 if t is None else t
         grids["xt_real"] = (xt_interpolation(model, schedule, cfg.diffusion.prediction, x_a, x_b, t, cols, steps, generator, device), cols + 2)
     return grids
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffusion_core.interpolate", description=__doc__.splitlines()[0].split(":")[0])
-    p.add_argument("checkpoint", help="checkpoint_best.pt / checkpoint_last.pt of a run, or best_ema.pt of a sweep trial")
+    p.add_argument("checkpoint", help="checkpoint_best.pt (a model file: of a run, or a sweep trial's) or checkpoint_last.pt (a trainer checkpoint)")
     p.add_argument("--out", required=True, help="PNG of the noise-slerp grid (rows x cols)")
     p.add_argument("--rows", type=int, default=4, help="pairs of initial noises (default 4)")
     p.add_argument("--cols", type=int, default=8, help="interpolation points per row (default 8)")
@@ -167,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.rows, args.cols, args.pairs) < 1 or (args.steps is not None and args.steps < 1):
         p.error("--rows, --cols, --pairs and --steps must be >= 1")
     try:
-        model, cfg = load_model(args.checkpoint, args.device)
+        model, cfg, _ = load_model(args.checkpoint, args.device)
         if args.data_root:
             cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": args.data_root, "download": False})})
         if args.t is not None and not 0 <= args.t < cfg.diffusion.timesteps:

@@ -70,4 +70,4 @@ def hybrid_vlb_term(schedule: NoiseSchedule, x_0: Tensor, x_t: Tensor, t: Tensor
     over the batch. ``pred_x0`` must be computed from the detached mean output (stop-gradient on μθ),
     so only Σθ learns from this term."""
     log_variance = learned_log_variance(schedule, t, var_output)
-    return vlb_weight * schedule.num_timesteps * vb_terms_bpd(schedule, x_0, x_t, t, pred_x0, log_variance).mean()
+    return vlb_weight * schedule.timesteps * vb_terms_bpd(schedule, x_0, x_t, t, pred_x0, log_variance).mean()

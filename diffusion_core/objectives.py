@@ -2,6 +2,8 @@
 learned variance the hybrid L_simple + λ·L_vlb (improved DDPM eq. 16)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -11,30 +13,40 @@ from torch import Tensor, nn
 from diffusion_core.losses import hybrid_vlb_term
 from diffusion_core.schedules import NoiseSchedule, Step
 
-Prediction = Literal["eps", "x0", "v"]
+
+@dataclass(frozen=True)
+class Parameterisation:
+    """What the network predicts: its regression target, and how its output becomes (ε̂, x̂_0)."""
+
+    target: Callable[[NoiseSchedule, Tensor, Tensor, Tensor], Tensor]  # (schedule, x_0, t, ε) -> target
+    to_eps_and_x0: Callable[[NoiseSchedule, Tensor, Step, Tensor], tuple[Tensor, Tensor]]  # (schedule, x_t, t, output)
+
+
+def _v_to_eps_and_x0(schedule: NoiseSchedule, x_t: Tensor, t: Step, v: Tensor) -> tuple[Tensor, Tensor]:
+    x_0 = schedule.predict_x0_from_v(x_t, t, v)
+    return schedule.predict_eps_from_x0(x_t, t, x_0), x_0
+
+
+PREDICTIONS: dict[str, Parameterisation] = {
+    "eps": Parameterisation(lambda schedule, x_0, t, eps: eps,
+                            lambda schedule, x_t, t, eps: (eps, schedule.predict_x0_from_eps(x_t, t, eps))),
+    "x0": Parameterisation(lambda schedule, x_0, t, eps: x_0,
+                           lambda schedule, x_t, t, x_0: (schedule.predict_eps_from_x0(x_t, t, x_0), x_0)),
+    "v": Parameterisation(lambda schedule, x_0, t, eps: schedule.velocity(x_0, t, eps), _v_to_eps_and_x0),
+}
+"""``diffusion.prediction``: ε (DDPM), x_0, or v (Salimans & Ho, 2022) -> its parameterisation."""
+
+Prediction = Literal[tuple(PREDICTIONS)]  # type: ignore[valid-type]
 
 
 def training_target(prediction: Prediction, schedule: NoiseSchedule, x_0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """The regression target of the network for the chosen parameterisation."""
-    if prediction == "eps":
-        return eps
-    if prediction == "x0":
-        return x_0
-    if prediction == "v":
-        return schedule.velocity(x_0, t, eps)
-    raise ValueError(f"unknown prediction {prediction!r}: use 'eps', 'x0' or 'v'")
+    return PREDICTIONS[prediction].target(schedule, x_0, t, eps)
 
 
 def to_eps_and_x0(prediction: Prediction, schedule: NoiseSchedule, x_t: Tensor, t: Step, output: Tensor) -> tuple[Tensor, Tensor]:
     """Convert a network output into the (ε̂, x̂_0) pair that the samplers use."""
-    if prediction == "eps":
-        return output, schedule.predict_x0_from_eps(x_t, t, output)
-    if prediction == "x0":
-        return schedule.predict_eps_from_x0(x_t, t, output), output
-    if prediction == "v":
-        x_0 = schedule.predict_x0_from_v(x_t, t, output)
-        return schedule.predict_eps_from_x0(x_t, t, x_0), x_0
-    raise ValueError(f"unknown prediction {prediction!r}: use 'eps', 'x0' or 'v'")
+    return PREDICTIONS[prediction].to_eps_and_x0(schedule, x_t, t, output)
 
 
 def split_output(output: Tensor, channels: int) -> tuple[Tensor, Tensor | None]:
@@ -45,9 +57,9 @@ def split_output(output: Tensor, channels: int) -> tuple[Tensor, Tensor | None]:
     return output, None
 
 
-def sample_timesteps(batch: int, num_timesteps: int, generator: torch.Generator, device: torch.device, t_min: int = 0) -> Tensor:
+def sample_timesteps(batch: int, timesteps: int, generator: torch.Generator, device: torch.device, t_min: int = 0) -> Tensor:
     """t ~ U{t_min, ..., T−1} (0-based); t_min = 1 gives seed 001's t ~ U{2..T}."""
-    return torch.randint(t_min, num_timesteps, (batch,), generator=generator, device=device)
+    return torch.randint(t_min, timesteps, (batch,), generator=generator, device=device)
 
 
 def diffusion_loss(

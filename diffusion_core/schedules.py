@@ -8,11 +8,16 @@ whole batch shares (then each quantity is a Python float).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from diffusion_core.config import DiffusionConfig
 
 MAX_BETA = 0.999
 
@@ -32,6 +37,12 @@ def cosine_betas(timesteps: int, s: float = 0.008) -> Tensor:
     betas = [min(1 - alpha_bar(i + 1) / alpha_bar(i), MAX_BETA) for i in range(timesteps)]
     return torch.tensor(betas, dtype=torch.float64)
 
+
+SCHEDULES: dict[str, Callable[[int, float], Tensor]] = {
+    "linear": lambda timesteps, cosine_s: linear_betas(timesteps),
+    "cosine": cosine_betas,
+}
+"""``diffusion.schedule``: a β schedule's name -> its β_1..β_T from (timesteps, cosine_s)."""
 
 Step = Tensor | int  # per-sample steps (B,), or one step shared by the whole batch
 
@@ -59,14 +70,13 @@ class NoiseSchedule:
             raise ValueError("every beta must lie in (0, 1)")
 
     @classmethod
-    def create(cls, kind: str, timesteps: int, cosine_s: float = 0.008) -> NoiseSchedule:
+    def create(cls, schedule: str, timesteps: int, cosine_s: float = 0.008) -> NoiseSchedule:
+        """The schedule named ``schedule`` (a key of ``SCHEDULES``) over ``timesteps`` steps."""
         if timesteps < 2:
             raise ValueError(f"timesteps must be >= 2, got {timesteps}")
-        if kind == "linear":
-            return cls(linear_betas(timesteps))
-        if kind == "cosine":
-            return cls(cosine_betas(timesteps, cosine_s))
-        raise ValueError(f"unknown schedule {kind!r}: use 'linear' or 'cosine'")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+        return cls(SCHEDULES[schedule](timesteps, cosine_s))
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
         """The same schedule with its tables on ``device`` (kept in float64); itself, with the tables it has already
@@ -74,7 +84,8 @@ class NoiseSchedule:
         return self if self.betas.device == torch.device(device) else NoiseSchedule(self.betas.to(device))
 
     @property
-    def num_timesteps(self) -> int:
+    def timesteps(self) -> int:
+        """T, the number of diffusion steps."""
         return len(self.betas)
 
     @property
@@ -171,3 +182,8 @@ class NoiseSchedule:
     def predict_x0_from_v(self, x_t: Tensor, t: Step, v: Tensor) -> Tensor:
         """x_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v."""
         return _gather(self.sqrt_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+
+
+def build_schedule(diffusion: DiffusionConfig) -> NoiseSchedule:
+    """The run's noise schedule (``diffusion.schedule``, ``timesteps``, ``cosine_s``)."""
+    return NoiseSchedule.create(diffusion.schedule, diffusion.timesteps, diffusion.cosine_s)

@@ -10,29 +10,41 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from PIL import Image
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from torch import Tensor
 
 from diffusion_core.checkpoint import CheckpointError
-from diffusion_core.config import ConfigError, RunConfig, apply_overrides, parse_run_config, read_yaml
+from diffusion_core.config import (
+    SEARCH_KINDS,
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    parse_run_config,
+    read_yaml,
+)
 from diffusion_core.data import DatasetError
-from diffusion_core.evaluate import Evaluator, evaluate_bank
+from diffusion_core.evaluate import Evaluator
 from diffusion_core.inception_weights import InceptionWeightsError
+from diffusion_core.loop import LAST, Best, Rung, RungLoop
 from diffusion_core.trainer import DivergenceError, Trainer
 
 SWEEP_ONLY_SECTIONS = ("sweep", "tracking")
 
 
-SEARCH_KEYS = {"choice", "uniform", "loguniform", "int"}
-
-
 def _refuse_search_dimensions(raw: dict, source: str, prefix: str = "") -> None:
     for key, value in raw.items():
-        if isinstance(value, dict) and SEARCH_KEYS & set(value):
+        if isinstance(value, dict) and set(SEARCH_KINDS) & set(value):
             raise ConfigError(f"{source}: {prefix}{key}: a search dimension; a single run needs a fixed value "
                               "(sweep it with python -m sweep.launch)")
         if isinstance(value, dict):
@@ -51,38 +63,34 @@ def save_png(grid: Tensor, path: Path) -> None:
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
-def run(cfg: RunConfig) -> dict[str, float]:
-    out = Path(cfg.output_dir).expanduser() / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg)
-    last = out / "checkpoint_last.pt"
-    best: dict[str, float] = {"fid": float("inf")}
-    if last.exists():
-        best = trainer.load_checkpoint(last).get("best", best)
-        print(f"continuing {last} at step {trainer.step}")
+def progress_bar() -> Progress:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn())
-    progress = Progress(*columns)
-    evaluator = Evaluator(cfg, trainer.device, progress=progress)
-    print(f"model: {trainer.model.num_parameters():,} parameters on {trainer.device}; {evaluator.features.describe()}")
+    return Progress(*columns)
+
+
+def run(cfg: RunConfig) -> Best:
+    """Train ``cfg`` rung by rung into ``output_dir/name`` (continuing from its last checkpoint), writing
+    ``metrics.jsonl`` and a sample grid per rung; returns the best rung."""
+    out = Path(cfg.output_dir).expanduser() / cfg.name
+    trainer = Trainer(cfg)
+    progress = progress_bar()
+    loop = RungLoop(trainer, Evaluator(cfg, trainer.device, progress=progress), out)
+    if loop.restore():
+        print(f"continuing {out / LAST} at step {trainer.step}")
+    print(f"model: {trainer.model.num_parameters():,} parameters on {trainer.device}; {loop.evaluator.features.describe()}")
     with progress, (out / "metrics.jsonl").open("a") as metrics_log:
         task = progress.add_task("training", total=cfg.train.max_steps, completed=trainer.step, status="")
-        while trainer.step < cfg.train.max_steps:
-            target = min(cfg.train.max_steps, (trainer.step // cfg.eval.every_steps + 1) * cfg.eval.every_steps)
-            losses = trainer.train_until(target)
-            progress.update(task, completed=trainer.step, status=f"loss {losses[-1]:.4f} | evaluating")
-            bank = evaluate_bank(evaluator, trainer.emas.models(), trainer.schedule)
-            result = bank.best
-            record = {"step": trainer.step, "loss": sum(losses) / len(losses), **bank.metrics()}
+
+        def write(rung: Rung) -> None:
+            record = {"step": rung.step, **rung.metrics()}
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
-            save_png(result.grid, out / f"samples_{trainer.step:07d}.png")
-            if result.fid < best["fid"]:
-                best = record
-                trainer.save_checkpoint(out / "checkpoint_best.pt", extra={"best": best})
-            trainer.save_checkpoint(last, extra={"best": best})
-            progress.update(task, status=f"loss {record['loss']:.4f} FID {result.fid:.2f} KID {result.kid:.4f}")
-    if "step" in best:
-        print(f"done: best FID {best['fid']:.2f} at step {best['step']} (EMA rate {best.get('ema_rate', cfg.train.ema_decay):g}); results in {out}")
+            save_png(rung.evaluation.best.grid, out / f"samples_{rung.step:07d}.png")
+            progress.update(task, completed=rung.step, status=f"loss {record['loss']:.4f} FID {record['fid']:.2f} KID {record['kid']:.4f}")
+
+        best = loop.run(write)
+    if math.isfinite(best.fid):
+        print(f"done: best FID {best.fid:.2f} at step {best.step} (EMA rate {best.ema_rate:g}); results in {out}")
     else:
         print(f"nothing to do: already at step {trainer.step} of train.max_steps {cfg.train.max_steps}; results in {out}")
     return best

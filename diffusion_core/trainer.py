@@ -2,20 +2,21 @@
 memory format and ``torch.compile``, seeded data order, exact checkpoint/restore. Knows nothing of Ray or MLflow."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from diffusion_core.checkpoint import CheckpointError, load_safe, save_atomic
+from diffusion_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from diffusion_core.config import RunConfig, TrainConfig
 from diffusion_core.data import BatchOrder, ImageData, load_images, to_unit_range
 from diffusion_core.ema import EMABank
 from diffusion_core.objectives import diffusion_loss, sample_timesteps
-from diffusion_core.schedules import NoiseSchedule
-from diffusion_core.unet import UNet
+from diffusion_core.schedules import build_schedule
+from diffusion_core.unet import build_unet
 
 GPU_DATA_LIMIT_BYTES = 4 * 2**30
 
@@ -28,57 +29,52 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_model(cfg: RunConfig) -> UNet:
-    m = cfg.model
-    return UNet(
-        in_channels=cfg.data.channels,
-        base_channels=m.base_channels,
-        channel_mult=m.channel_mult,
-        num_res_blocks=m.num_res_blocks,
-        attention_resolutions=m.attention_resolutions,
-        num_heads=m.num_heads,
-        dropout=m.dropout,
-        image_size=cfg.data.resolution,
-        num_classes=cfg.data.num_classes if m.class_conditional else None,
-        out_channels=2 * cfg.data.channels if cfg.diffusion.learn_sigma else None,
-    )
-
-
-def build_schedule(cfg: RunConfig) -> NoiseSchedule:
-    """The run's noise schedule (``diffusion.schedule``, ``timesteps``, ``cosine_s``)."""
-    d = cfg.diffusion
-    return NoiseSchedule.create(d.schedule, d.timesteps, d.cosine_s)
-
-
 def build_optimizer(params: Iterable[Tensor], train: TrainConfig) -> torch.optim.AdamW:
-    """AdamW (Loshchilov & Hutter) on PyTorch's fused kernel, on the CPU as on CUDA. Measured on 2 CPU cores,
-    the optimizer step alone: 26 -> 5 ms for the benchmark U-Net (~4% of its training step) and 5 -> 0.9 ms
-    for the tests' tiny U-Nets (~20% of theirs), against PyTorch's default per-tensor loop."""
+    """AdamW (Loshchilov & Hutter) on PyTorch's fused kernel (one kernel for all parameters, on CUDA as on the CPU)."""
     return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
 
 
 class Trainer:
-    """One training run. ``step`` counts optimizer steps done; ``train_until`` continues from it."""
+    """One training run. ``step`` counts optimizer steps done; ``train_until`` continues from it.
+
+    The run's randomness is its own: the global RNG streams its model init and dropout draw from are kept in
+    ``rng`` and swapped in only while the trainer works, so whatever runs between two ``train_until`` calls (an
+    evaluation, building the FID network) cannot change the training, and a restored run repeats it exactly.
+    """
 
     def __init__(self, cfg: RunConfig, device: torch.device | str | None = None, data: ImageData | None = None) -> None:
         self.cfg = cfg
         self.device = torch.device(device) if device is not None else default_device()
         train = cfg.train
-        torch.manual_seed(train.seed)
         data = data if data is not None else load_images(cfg.data, train=True)
         fits = data.images.numel() <= GPU_DATA_LIMIT_BYTES
         self.data = data.to(self.device) if fits else data
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-        self.model = build_model(cfg).to(self.device, memory_format=self.memory_format)
-        self.emas = EMABank(self.model, train.all_ema_decays, train.ema_warmup_steps)
-        self.ema = self.emas.emas[train.ema_decay]
+        with self._own_rng(seed=train.seed):
+            self.model = build_unet(cfg).to(self.device, memory_format=self.memory_format)
+        self.emas = EMABank(self.model, train.ema_rates, train.ema_warmup_steps)
         self.loss_model = torch.compile(self.model) if train.compile else self.model  # shares the parameters
         self.optimizer = build_optimizer(self.model.parameters(), train)
-        self.schedule = build_schedule(cfg).to(self.device)
+        self.schedule = build_schedule(cfg.diffusion).to(self.device)
         self.order = BatchOrder(len(self.data), train.batch_size, train.seed)
         self.generator = torch.Generator(self.device).manual_seed(train.seed + 1)
         self.amp_dtype = torch.bfloat16 if self.device.type == "cuda" and train.mixed_precision else None
         self.step = 0
+
+    @contextmanager
+    def _own_rng(self, seed: int | None = None) -> Iterator[None]:
+        """Run the block on this run's global RNG streams (seeded from ``seed`` the first time), leaving the
+        caller's streams as they were."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            else:
+                torch.set_rng_state(self.rng["cpu"])
+                if devices and "cuda" in self.rng:
+                    torch.cuda.set_rng_state(self.rng["cuda"], self.device)
+            yield
+            self.rng = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(self.device)} if devices else {})}
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to ``train.lr`` over ``train.warmup_steps``, then constant."""
@@ -100,7 +96,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         x_0, y = self._batch()
-        t = sample_timesteps(len(x_0), self.schedule.num_timesteps, self.generator, self.device, self.cfg.diffusion.min_timestep)
+        t = sample_timesteps(len(x_0), self.schedule.timesteps, self.generator, self.device, self.cfg.diffusion.min_timestep)
         eps = torch.randn(x_0.shape, generator=self.generator, device=self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             d = self.cfg.diffusion
@@ -119,23 +115,21 @@ class Trainer:
         non-finite loss (checked every step on CPU, every ``check_every`` steps on GPU)."""
         check_every = check_every or (1 if self.device.type == "cpu" else 25)
         losses: list[Tensor] = []
-        while self.step < target_step:
-            losses.append(self.train_step())
-            if len(losses) % check_every == 0 or self.step == target_step:
-                recent = torch.stack(losses[-check_every:])
-                if not bool(torch.isfinite(recent).all()):
-                    raise DivergenceError(f"loss became {float(recent[~torch.isfinite(recent)][0])} at step {self.step}")
+        with self._own_rng():
+            while self.step < target_step:
+                losses.append(self.train_step())
+                if len(losses) % check_every == 0 or self.step == target_step:
+                    recent = torch.stack(losses[-check_every:])
+                    if not bool(torch.isfinite(recent).all()):
+                        raise DivergenceError(f"loss became {float(recent[~torch.isfinite(recent)][0])} at step {self.step}")
         return [float(x) for x in torch.stack(losses).tolist()] if losses else []
 
     def state_dict(self) -> dict[str, Any]:
-        rng = {"cpu": torch.get_rng_state(), "generator": self.generator.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        rng = {**self.rng, "generator": self.generator.get_state()}
         return {
             "step": self.step,
             "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "ema_extra": [ema.state_dict() for ema in self.emas.emas.values() if ema is not self.ema],
+            "emas": self.emas.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng,
             "config": self.cfg.model_dump_json(),
@@ -143,20 +137,19 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.emas.load_state_dict({"emas": [state["ema"], *state.get("ema_extra", [])]})  # the primary EMA comes first
+        self.emas.load_state_dict(state["emas"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["cpu"])
         self.generator.set_state(state["rng"]["generator"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.rng = {k: v for k, v in state["rng"].items() if k != "generator"}
 
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        return save_atomic({**self.state_dict(), "extra": extra or {}}, path)
+        """A trainer checkpoint of this run; ``extra`` holds the caller's state (the rung loop's)."""
+        return save_checkpoint({**self.state_dict(), "extra": extra or {}}, path, "trainer")
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
         """Restore everything from ``path``; returns the checkpoint's ``extra`` mapping."""
-        state = load_safe(path)
+        state = load_checkpoint(path, ("trainer",))
         try:
             self.load_state_dict(state)
         except (KeyError, ValueError, RuntimeError) as exc:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffusion_core.dropout import Dropout
+if TYPE_CHECKING:
+    from diffusion_core.config import RunConfig
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -51,7 +53,7 @@ class ResBlock(nn.Module):
         self.emb_proj = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_channels))
         self.out_norm = group_norm(out_channels)
         self.out_layers = nn.Sequential(
-            nn.SiLU(), Dropout(dropout), zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+            nn.SiLU(), nn.Dropout(dropout), zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         )
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
@@ -214,3 +216,21 @@ class UNet(nn.Module):
     def num_parameters(self) -> int:
         """Total number of parameters."""
         return sum(p.numel() for p in self.parameters())
+
+
+def build_unet(cfg: RunConfig) -> UNet:
+    """The run's U-Net: ``model.*`` for the architecture, ``data.*`` for the image shape, and twice the
+    channels when ``diffusion.learn_sigma`` (improved DDPM's learned Σθ)."""
+    m = cfg.model
+    return UNet(
+        in_channels=cfg.data.channels,
+        base_channels=m.base_channels,
+        channel_mult=m.channel_mult,
+        num_res_blocks=m.num_res_blocks,
+        attention_resolutions=m.attention_resolutions,
+        num_heads=m.num_heads,
+        dropout=m.dropout,
+        image_size=cfg.data.resolution,
+        num_classes=cfg.data.num_classes if m.class_conditional else None,
+        out_channels=2 * cfg.data.channels if cfg.diffusion.learn_sigma else None,
+    )

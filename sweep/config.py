@@ -10,12 +10,20 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from diffusion_core.config import ConfigError, EvalConfig, RunConfig, Section, apply_overrides, error_line, read_yaml
+from diffusion_core.config import SEARCH_KINDS as KINDS
+from diffusion_core.config import (
+    ConfigError,
+    EvalConfig,
+    RunConfig,
+    Section,
+    apply_overrides,
+    error_line,
+    read_yaml,
+)
+from diffusion_core.samplers import SAMPLING_KEYS
 
-KINDS = ("choice", "uniform", "loguniform", "int")
 DIMENSION_KEYS = set(KINDS) | {"step", "log", "if"}
 RUN_SECTIONS = ("data", "model", "diffusion", "train", "eval")
-SAMPLING_KEYS = ("sampler", "sampling_steps", "eta", "guidance_weight", "clip", "threshold_percentile")
 SAMPLING_SETTINGS = ("trials", "num_samples", "seed")
 
 

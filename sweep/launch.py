@@ -3,7 +3,6 @@ on Ray Tune with every trial tracked in MLflow, and print a summary."""
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ EXIT_CONFIG, EXIT_PREFLIGHT = 2, 1
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sweep.launch", description=__doc__.splitlines()[0].strip("`"))
-    p.add_argument("space", help="search-space YAML file (see search_spaces/ and README's YAML reference)")
+    p.add_argument("space", help="search-space YAML file (see search_spaces/ and docs/configuration.md)")
     p.add_argument("--address", help="Ray cluster to join ('auto', or host:port); default: start Ray locally (or $RAY_ADDRESS)")
     p.add_argument("--num-trials", type=int, help="override sweep.num_trials")
     p.add_argument("--storage-path", help="override sweep.storage_path (a folder, or s3://, gs:// for clusters)")
@@ -108,6 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_code = main()
-    gc.freeze()  # everything is written: exit without the final collections over torch's, Ray's and MLflow's objects (~1.5 s)
-    sys.exit(exit_code)
+    sys.exit(main())

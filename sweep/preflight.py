@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import torch
 from diffusion_core.data import load_images
 from diffusion_core.inception_weights import InceptionWeights, resolve_inception_weights
 from sweep.config import SweepConfig
-from sweep.tracking import resolve_tracking_uri
+from sweep.tracking import TrackingError, check_reachable, resolve_tracking_uri
 
 
 class PreflightError(RuntimeError):
@@ -54,13 +52,11 @@ def check_storage(cfg: SweepConfig, resume: bool) -> tuple[str, str]:
 
 def check_tracking(cfg: SweepConfig) -> str:
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise PreflightError(f"{cfg.source}: tracking.tracking_uri: MLflow server {uri} is unreachable ({reason}); start it or fix the URI") from None
-    elif uri.startswith("sqlite:///"):
+    try:
+        check_reachable(uri, f"{cfg.source}: tracking.tracking_uri")
+    except TrackingError as exc:
+        raise PreflightError(str(exc)) from None
+    if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).parent
         if not os.access(folder, os.W_OK):
             raise PreflightError(f"{cfg.source}: tracking.tracking_uri: cannot write the SQLite store in {folder}")

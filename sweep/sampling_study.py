@@ -21,6 +21,7 @@ from torch import nn
 from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator
 from diffusion_core.metrics import InceptionFeatures
+from diffusion_core.samplers import SAMPLING_KEYS
 from diffusion_core.schedules import NoiseSchedule
 from sweep.config import SamplingSearch
 from sweep.space import categorical_label, define_by_run
@@ -47,7 +48,7 @@ class SamplingStudyResult:
     def best_settings(self, cfg: RunConfig) -> dict[str, Any]:
         """The complete sampling settings of the best configuration, as ``eval.<key>: value``."""
         chosen = study_config(cfg, self.num_samples, self.best.params).eval
-        return {f"eval.{key}": getattr(chosen, key) for key in ("sampler", "sampling_steps", "eta", "guidance_weight", "clip")}
+        return {f"eval.{key}": getattr(chosen, key) for key in SAMPLING_KEYS}
 
     def metrics(self) -> dict[str, float]:
         return {"sampling_default_fid": self.default.fid, "sampling_best_fid": self.best.fid,
@@ -102,9 +103,10 @@ def run_sampling_study(model: nn.Module, schedule: NoiseSchedule, cfg: RunConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     grid = choice_grid(search)
-    if grid is not None and len(grid) <= search.trials:
+    cells = math.prod(len(values) for values in grid.values()) if grid is not None else None
+    if cells is not None and cells <= search.trials:
         sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(grid, seed=search.seed)
-        count = math.prod(len(values) for values in grid.values())
+        count = cells
     else:
         sampler, count = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=min(4, search.trials)), search.trials
     study = optuna.create_study(direction="minimize", sampler=sampler)

@@ -7,6 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from sweep.config import Dimension
 
@@ -18,14 +24,25 @@ def categorical_label(value: Any) -> Any:
     return value if isinstance(value, _PRIMITIVES) else json.dumps(value)
 
 
-def suggest(trial: optuna.Trial, dim: Dimension) -> Any:
+def distribution(dim: Dimension) -> BaseDistribution:
+    """The dimension as Optuna's distribution: the one place a dimension becomes what Optuna samples from (Optuna's
+    own checks on bounds, ``step`` and ``log`` run here)."""
     if dim.kind == "choice":
-        labels = [categorical_label(c) for c in dim.choices or []]
-        picked = trial.suggest_categorical(dim.path, labels)
-        return (dim.choices or [])[labels.index(picked)]
+        return CategoricalDistribution([categorical_label(c) for c in dim.choices or []])
     if dim.kind == "int":
-        return trial.suggest_int(dim.path, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
-    return trial.suggest_float(dim.path, dim.low, dim.high, step=dim.step, log=dim.log)
+        return IntDistribution(int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
+    return FloatDistribution(dim.low, dim.high, step=dim.step, log=dim.log)
+
+
+def suggest(trial: optuna.Trial, dim: Dimension) -> Any:
+    """Sample ``dim`` in ``trial`` (define-by-run); a choice comes back as its value, lists included."""
+    dist = distribution(dim)
+    if isinstance(dist, CategoricalDistribution):
+        picked = trial.suggest_categorical(dim.path, dist.choices)
+        return (dim.choices or [])[list(dist.choices).index(picked)]
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(dim.path, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(dim.path, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
 def define_by_run(trial: optuna.Trial, dimensions: list[Dimension]) -> dict[str, Any]:

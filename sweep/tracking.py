@@ -1,30 +1,99 @@
-"""MLflow bookkeeping through ``MlflowClient`` only (no global active run): one parent run per sweep,
-one child run per trial linked by ``mlflow.parentRunId``, statuses set from what Ray decided."""
+"""The tracker seam: what a sweep and its trials record (parameters, a metric at a step, an image at a step,
+files, tags, status) and what the report reads back, as the ``Tracker`` protocol, with its MLflow
+implementation. This is the one module of the product that imports mlflow: another tracker is another class
+here and another line in ``open_tracker``.
+
+Layout: one experiment per sweep, a parent run per sweep (tag ``diffusion_sweep.name``) and one child run per
+trial, linked by ``mlflow.parentRunId`` and written through ``MlflowClient`` only (never the process-global
+active run). Outcomes map to run statuses: completed → FINISHED, pruned → KILLED, failed → FAILED.
+"""
 from __future__ import annotations
 
 import io
 import random
+import re
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from torch import nn
-
-from diffusion_core.config import RunConfig
-from diffusion_core.interpolate import load_model
-from sweep.config import SweepConfig, parse_sweep
+from PIL import Image
 
 T = TypeVar("T")
 SWEEP_TAG = "diffusion_sweep.name"
 TRIAL_TAG = "diffusion_sweep.trial_id"
 STATUS_TAG = "diffusion_sweep.status"
-BEST_CHECKPOINT = "checkpoints/best_ema.pt"  # a trial run's best EMA weights, with its run config inside
-RESOLVED_SPACE = "resolved_space.yaml"  # the parent run's sweep file as the driver resolved it
+PARENT_TAG = "mlflow.parentRunId"
+RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
+IMAGE_NAME = re.compile(r"images/(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+\d+\+[0-9a-f-]+\.png$")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or does not hold what was asked for; one line."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the tracker holds it (read side)."""
+
+    run_id: str
+    experiment_id: str
+    name: str
+    status: str  # RUNNING / FINISHED / KILLED / FAILED
+    start_time: int
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]  # latest value of each metric
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    step: int
+    value: float
+    timestamp: int  # ms
+
+
+class TrackedRun(Protocol):
+    """The write side of one run."""
+
+    run_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_image(self, png: bytes, key: str, step: int) -> None: ...
+    def log_file(self, path: Path, folder: str) -> None: ...
+    def log_text(self, text: str, name: str) -> None: ...
+    def log_table(self, columns: dict[str, list[Any]], name: str) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def reopen(self, tags: dict[str, Any]) -> None: ...
+    def finish(self, outcome: str, reason: str | None = None) -> None: ...
+
+
+class Tracker(Protocol):
+    """A tracking store: sweeps and trials are written and read through it."""
+
+    uri: str
+
+    def experiment(self, name: str) -> str: ...
+    def start_sweep(self, experiment_id: str, name: str, resume: bool, tags: dict[str, str]) -> TrackedRun: ...
+    def trial_run(self, experiment_id: str, parent_run_id: str, trial_id: str, name: str, params: dict[str, Any],
+                  tags: dict[str, str], run_id: str | None = None) -> TrackedRun: ...
+    def run(self, run_id: str) -> TrackedRun: ...
+    def find_sweep(self, experiment: str, name: str) -> RunRecord: ...
+    def get_run(self, run_id: str) -> RunRecord: ...
+    def children(self, parent: RunRecord) -> list[RunRecord]: ...
+    def history(self, run_id: str, key: str) -> list[MetricPoint]: ...
+    def images(self, run_id: str, key: str) -> dict[int, bytes]: ...
+    def read_text(self, run_id: str, name: str) -> str: ...
+    def download(self, run_id: str, path: str, folder: Path) -> Path: ...
+    def find_trial(self, key: str) -> RunRecord: ...
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -36,8 +105,17 @@ def resolve_tracking_uri(uri: str) -> str:
     return uri
 
 
+def check_reachable(uri: str, source: str = "tracking.tracking_uri") -> None:
+    """Fail fast on a missing SQLite file's folder or an unreachable server (a client would retry for minutes)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(f"{source}: MLflow server {uri} is unreachable ({getattr(exc, 'reason', exc)}); start it or fix the URI") from None
+
+
 def retrying(call: Callable[[], T], attempts: int = 8) -> T:
-    """Retry a tracking call that lost a race for a SQLite write lock (or a flaky server)."""
+    """Retry a tracking call that lost a race for a SQLite write lock (or met a flaky server)."""
     for attempt in range(attempts):
         try:
             return call()
@@ -53,54 +131,22 @@ def _transient(exc: Exception) -> bool:
     return any(s in text for s in ("locked", "busy", "timeout", "timed out", "connection", "503", "502", "429"))
 
 
-def get_or_create_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    found = retrying(lambda: client.get_experiment_by_name(name))
-    if found is not None:
-        return found.experiment_id
-    location = artifact_root.resolve().as_uri() if artifact_root else None
-    return retrying(lambda: client.create_experiment(name, artifact_location=location))
-
-
-def default_artifact_root(tracking_uri: str) -> Path | None:
+def _default_artifact_root(uri: str) -> Path | None:
     """Beside a SQLite store, an ``mlartifacts`` folder; servers choose their own."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts"
-    return None
+    return Path(uri[len("sqlite:///"):]).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
 
 
-def load_resolved_sweep(client: MlflowClient, parent_run_id: str) -> SweepConfig:
-    """The sweep of a parent run, from its ``resolved_space.yaml`` artifact."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(parent_run_id, RESOLVED_SPACE, folder)
-        return parse_sweep(yaml.safe_load(Path(path).read_text()), RESOLVED_SPACE)
+def _record(run: Any) -> RunRecord:
+    tags = dict(run.data.tags)
+    return RunRecord(run.info.run_id, run.info.experiment_id, tags.get("mlflow.runName", run.info.run_id[:8]),
+                     run.info.status, run.info.start_time or 0, tags, dict(run.data.params), dict(run.data.metrics))
 
 
-def load_best_model(client: MlflowClient, run_id: str, device: str = "cpu") -> tuple[nn.Module, RunConfig]:
-    """A trial run's best EMA network and its run config, from its ``checkpoints/best_ema.pt`` artifact."""
-    with tempfile.TemporaryDirectory() as folder:
-        return load_model(client.download_artifacts(run_id, BEST_CHECKPOINT, folder), device)
-
-
-class TrialRun:
-    """The child run of one trial, written from the trial's process."""
+class MlflowRun:
+    """One MLflow run, written through the tracking client."""
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client, self.run_id = client, run_id
-
-    @classmethod
-    def find(cls, client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str) -> TrialRun | None:
-        """The child run already made for this trial (a trial restarted before its first checkpoint)."""
-        runs = retrying(lambda: client.search_runs(
-            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1))
-        return cls(client, runs[0].info.run_id) if runs else None
-
-    @classmethod
-    def create(cls, client: MlflowClient, experiment_id: str, parent_run_id: str, name: str, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> TrialRun:
-        run_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name, TRIAL_TAG: trial_id, STATUS_TAG: "running", **tags}
-        run = retrying(lambda: client.create_run(experiment_id, tags=run_tags, run_name=name))
-        trial = cls(client, run.info.run_id)
-        trial.log_params(params)
-        return trial
 
     def log_params(self, params: dict[str, Any]) -> None:
         entries = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
@@ -111,67 +157,143 @@ class TrialRun:
         entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         retrying(lambda: self.client.log_batch(self.run_id, metrics=entries))
 
-    def set_tags(self, tags: dict[str, str]) -> None:
+    def log_image(self, png: bytes, key: str, step: int) -> None:
+        """An image under ``key`` at ``step``: MLflow's UI compares these across runs and steps."""
+        retrying(lambda: self.client.log_image(self.run_id, Image.open(io.BytesIO(png)), key=key, step=step))
+
+    def log_file(self, path: Path, folder: str) -> None:
+        retrying(lambda: self.client.log_artifact(self.run_id, str(path), folder))
+
+    def log_text(self, text: str, name: str) -> None:
+        retrying(lambda: self.client.log_text(self.run_id, text, name))
+
+    def log_table(self, columns: dict[str, list[Any]], name: str) -> None:
+        """A table (the UI's artifact view and evaluation tab) as ``name`` (.json)."""
+        retrying(lambda: self.client.log_table(self.run_id, data=columns, artifact_file=name))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
         retrying(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
-    def log_png(self, png: bytes, artifact_file: str) -> None:
-        from PIL import Image
-
-        retrying(lambda: self.client.log_image(self.run_id, Image.open(io.BytesIO(png)), artifact_file=artifact_file))
-
-    def log_table(self, columns: dict[str, list[Any]], artifact_file: str) -> None:
-        """A table (shown in the MLflow UI's artifact view and its evaluation tab) as ``artifact_file`` (.json)."""
-        retrying(lambda: self.client.log_table(self.run_id, data=columns, artifact_file=artifact_file))
-
-    def log_file(self, path: Path, artifact_path: str) -> None:
-        retrying(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
-
-    def reopen(self, tags: dict[str, str]) -> None:
+    def reopen(self, tags: dict[str, Any]) -> None:
         """Continue this run after a restart: status RUNNING again, with the given tags."""
         self.set_tags({STATUS_TAG: "running", **tags})
         retrying(lambda: self.client.update_run(self.run_id, status="RUNNING"))
 
-    def finish(self, status: str, label: str, reason: str | None = None) -> None:
-        """status: FINISHED / KILLED / FAILED; label: completed / pruned / failed (the status tag)."""
-        tags = {STATUS_TAG: label, **({"failure_reason": reason[:5000]} if reason else {})}
-        self.set_tags(tags)
-        retrying(lambda: self.client.set_terminated(self.run_id, status=status))
+    def finish(self, outcome: str, reason: str | None = None) -> None:
+        """End the run as ``outcome`` (completed / pruned / failed), with the reason when there is one."""
+        self.set_tags({STATUS_TAG: outcome, **({"failure_reason": reason[:5000]} if reason else {})})
+        retrying(lambda: self.client.set_terminated(self.run_id, status=RUN_STATUS[outcome]))
 
 
-class SweepTracker:
-    """The parent run of a sweep, owned by the driver."""
+class MlflowTracker:
+    """An MLflow tracking store (a SQLite file or a server)."""
 
-    def __init__(self, tracking_uri: str, experiment: str) -> None:
-        self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.client = MlflowClient(self.tracking_uri)
-        self.experiment_id = get_or_create_experiment(self.client, experiment, default_artifact_root(self.tracking_uri))
-        self.parent_run_id = ""
+    def __init__(self, uri: str) -> None:
+        self.uri = resolve_tracking_uri(uri)
+        self.client = MlflowClient(self.uri)
 
-    def start_parent(self, sweep_name: str, resume: bool, tags: dict[str, str]) -> str:
-        """Create the parent run, or reopen the latest one of this sweep on ``--resume``."""
+    def experiment(self, name: str) -> str:
+        """The id of experiment ``name``, created (artifacts beside a SQLite store) when missing."""
+        found = retrying(lambda: self.client.get_experiment_by_name(name))
+        if found is not None:
+            return found.experiment_id
+        root = _default_artifact_root(self.uri)
+        return retrying(lambda: self.client.create_experiment(name, artifact_location=root.resolve().as_uri() if root else None))
+
+    def start_sweep(self, experiment_id: str, name: str, resume: bool, tags: dict[str, str]) -> MlflowRun:
+        """The sweep's parent run: a new one, or on ``resume`` the latest one of this sweep, RUNNING again."""
         if resume:
-            runs = retrying(lambda: self.client.search_runs(
-                [self.experiment_id], f"tags.`{SWEEP_TAG}` = '{sweep_name}' and tags.`mlflow.parentRunId` IS NULL",
-                order_by=["attributes.start_time DESC"], max_results=1))
+            runs = self._search([experiment_id], f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{PARENT_TAG}` IS NULL", 1)
             if runs:
-                self.parent_run_id = runs[0].info.run_id
-                retrying(lambda: self.client.update_run(self.parent_run_id, status="RUNNING"))
-                return self.parent_run_id
-        run = retrying(lambda: self.client.create_run(self.experiment_id, tags={SWEEP_TAG: sweep_name, **tags}, run_name=sweep_name))
-        self.parent_run_id = run.info.run_id
-        return self.parent_run_id
+                run = MlflowRun(self.client, runs[0].run_id)
+                retrying(lambda: self.client.update_run(run.run_id, status="RUNNING"))
+                return run
+        created = retrying(lambda: self.client.create_run(experiment_id, tags={SWEEP_TAG: name, **tags}, run_name=name))
+        return MlflowRun(self.client, created.info.run_id)
 
-    def children(self) -> list[Any]:
-        return retrying(lambda: self.client.search_runs(
-            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'", max_results=10_000))
+    def trial_run(self, experiment_id: str, parent_run_id: str, trial_id: str, name: str, params: dict[str, Any],
+                  tags: dict[str, str], run_id: str | None = None) -> MlflowRun:
+        """The trial's child run: ``run_id`` (from its checkpoint) or the one already made for ``trial_id``
+        reopened, else a new one with ``params``."""
+        if run_id is None:
+            found = self._search([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'", 1)
+            run_id = found[0].run_id if found else None
+        if run_id is not None:
+            run = MlflowRun(self.client, run_id)
+            run.reopen(tags)
+            return run
+        run_tags = {PARENT_TAG: parent_run_id, "mlflow.runName": name, TRIAL_TAG: trial_id, STATUS_TAG: "running", **tags}
+        created = retrying(lambda: self.client.create_run(experiment_id, tags=run_tags, run_name=name))
+        run = MlflowRun(self.client, created.info.run_id)
+        run.log_params(params)
+        return run
 
-    def finish_parent(self, metrics: dict[str, float], params: dict[str, Any], tags: dict[str, str], status: str = "FINISHED") -> None:
-        now = int(time.time() * 1000)
-        retrying(lambda: self.client.log_batch(
-            self.parent_run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            tags=[RunTag(k, str(v)) for k, v in tags.items()],
-        ))
-        for key, value in params.items():
-            self.client.set_tag(self.parent_run_id, f"best.{key}", str(value))
-        retrying(lambda: self.client.set_terminated(self.parent_run_id, status=status))
+    def run(self, run_id: str) -> MlflowRun:
+        return MlflowRun(self.client, run_id)
+
+    def _search(self, experiment_ids: list[str], query: str, max_results: int = 10_000) -> list[RunRecord]:
+        runs = retrying(lambda: self.client.search_runs(experiment_ids, query, order_by=["attributes.start_time DESC"],
+                                                        max_results=max_results))
+        return [_record(r) for r in runs]
+
+    def find_sweep(self, experiment: str, name: str) -> RunRecord:
+        """The latest parent run of sweep ``name`` in ``experiment``."""
+        exp = retrying(lambda: self.client.get_experiment_by_name(experiment))
+        if exp is None:
+            raise TrackingError(f"no sweep {name!r}: no MLflow experiment {experiment!r} in {self.uri} (pass --experiment or --tracking-uri)")
+        runs = self._search([exp.experiment_id], f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{PARENT_TAG}` IS NULL", 1)
+        if not runs:
+            raise TrackingError(f"no sweep {name!r} in experiment {experiment!r} of {self.uri}")
+        return runs[0]
+
+    def get_run(self, run_id: str) -> RunRecord:
+        try:
+            return _record(retrying(lambda: self.client.get_run(run_id)))
+        except MlflowException:
+            raise TrackingError(f"{run_id}: no such run in {self.uri}") from None
+
+    def children(self, parent: RunRecord) -> list[RunRecord]:
+        """The trial runs of a sweep, oldest first."""
+        runs = self._search([parent.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.run_id}'")
+        return sorted(runs, key=lambda r: r.start_time)
+
+    def history(self, run_id: str, key: str) -> list[MetricPoint]:
+        points = retrying(lambda: self.client.get_metric_history(run_id, key))
+        return [MetricPoint(int(m.step), float(m.value), int(m.timestamp)) for m in points]
+
+    def images(self, run_id: str, key: str) -> dict[int, bytes]:
+        """The run's images logged under ``key``, by step (the latest one when a step was logged twice)."""
+        found: dict[int, str] = {}
+        for artifact in sorted(retrying(lambda: self.client.list_artifacts(run_id, "images")), key=lambda a: a.path):
+            match = IMAGE_NAME.match(artifact.path)
+            if match and match["key"] == key.replace("/", "~"):
+                found[int(match["step"])] = artifact.path  # same step twice: the later timestamp sorts last
+        with tempfile.TemporaryDirectory() as folder:
+            return {step: self.download(run_id, path, Path(folder)).read_bytes() for step, path in sorted(found.items())}
+
+    def read_text(self, run_id: str, name: str) -> str:
+        with tempfile.TemporaryDirectory() as folder:
+            return self.download(run_id, name, Path(folder)).read_text()
+
+    def download(self, run_id: str, path: str, folder: Path) -> Path:
+        try:
+            return Path(retrying(lambda: self.client.download_artifacts(run_id, path, str(folder))))
+        except (MlflowException, OSError):
+            raise TrackingError(f"run {run_id}: no artifact {path!r} in {self.uri}") from None
+
+    def find_trial(self, key: str) -> RunRecord:
+        """A trial's run from its run id or its Ray Tune trial id."""
+        try:
+            return self.get_run(key)
+        except TrackingError:
+            pass
+        experiments = [e.experiment_id for e in retrying(lambda: self.client.search_experiments())]
+        runs = self._search(experiments, f"tags.`{TRIAL_TAG}` = '{key}'", 1) if experiments else []
+        if not runs:
+            raise TrackingError(f"{key}: no MLflow run or trial with this id in {self.uri} (pass --tracking-uri?)")
+        return runs[0]
+
+
+def open_tracker(uri: str) -> Tracker:
+    """The tracker for ``uri`` (MLflow: a ``sqlite:///`` file or an ``http(s)://`` server)."""
+    return MlflowTracker(uri)

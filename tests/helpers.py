@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from diffusion_core.config import RunConfig
@@ -30,7 +31,7 @@ def tiny_config(**sections) -> RunConfig:
         "data": {"dataset": "digits"},
         "model": {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4], "num_heads": 2, "dropout": 0.1},
         "diffusion": {"schedule": "cosine", "timesteps": 100},
-        "train": {"batch_size": 16, "lr": 1e-3, "max_steps": 200, "warmup_steps": 10, "ema_decay": 0.99},
+        "train": {"batch_size": 16, "lr": 1e-3, "max_steps": 200, "warmup_steps": 10, "ema_rates": 0.99},
         "eval": {"num_samples": 32, "sampling_steps": 10, "reference_images": 64, "kid_subset_size": 16, "inception_weights": str(FID_WEIGHTS)},
     }
     for key, value in sections.items():
@@ -66,3 +67,16 @@ def sweep_runs(tmp_path: Path, experiment: str) -> tuple[MlflowClient, list, lis
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     return client, parents, children
+
+
+def ema_model(trainer) -> torch.nn.Module:
+    """The EMA network of a trainer whose bank holds one rate."""
+    (model,) = trainer.emas.models().values()
+    return model
+
+
+def image_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    """The steps at which a run logged a full-size image under ``key`` (MLflow's key/step image layout)."""
+    prefix = f"images/{key.replace('/', '~')}+step+"
+    paths = [a.path for a in client.list_artifacts(run_id, "images")]
+    return sorted(int(p[len(prefix):].split("+", 1)[0]) for p in paths if p.startswith(prefix) and p.endswith(".png"))

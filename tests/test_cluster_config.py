@@ -56,7 +56,10 @@ def config() -> dict:
 @pytest.fixture(scope="module")
 def prepared(config) -> dict:
     """The config after the installed Ray's own preprocessing (defaults merged, setup commands merged)."""
-    from ray.autoscaler._private.util import prepare_config, translate_trivial_legacy_config
+    from ray.autoscaler._private.util import (
+        prepare_config,
+        translate_trivial_legacy_config,
+    )
 
     cfg = copy.deepcopy(config)
     translate_trivial_legacy_config(cfg)

@@ -25,7 +25,7 @@ def shadow_values(ema: EMA) -> tuple[float, float]:
 
 def test_update_rule_with_warmup() -> None:
     model = linear(1.0, -1.0)
-    ema = EMA(model, decay=0.75, warmup_steps=2)
+    ema = EMA(model, rate=0.75, warmup_steps=2)
     expected = [  # (model weight, model bias) after the step -> EMA values
         ((2.0, 4.0), (2.0, 4.0)),      # step 1 <= warm-up: copy
         ((4.0, 8.0), (4.0, 8.0)),      # step 2 <= warm-up: copy, theta_ema(N) = theta(N)
@@ -40,7 +40,7 @@ def test_update_rule_with_warmup() -> None:
 
 def test_no_warmup_averages_from_initial_copy() -> None:
     model = linear(1.0)
-    ema = EMA(model, decay=0.75)
+    ema = EMA(model, rate=0.75)
     set_weights(model, 2.0)
     ema.update(model, 1)
     assert shadow_values(ema)[0] == pytest.approx(1.25)
@@ -48,7 +48,7 @@ def test_no_warmup_averages_from_initial_copy() -> None:
 
 def test_shadow_is_independent_frozen_copy() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, rate=0.9)
     assert not ema.shadow.training
     assert all(not p.requires_grad for p in ema.shadow.parameters())
     with torch.no_grad():
@@ -61,10 +61,10 @@ def test_shadow_is_independent_frozen_copy() -> None:
     assert ema.shadow[1].num_batches_tracked.item() == 1
 
 
-@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5])
-def test_invalid_decay(decay: float) -> None:
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.5, 1.5])
+def test_invalid_rate(rate: float) -> None:
     with pytest.raises(ValueError):
-        EMA(linear(1.0), decay=decay)
+        EMA(linear(1.0), rate=rate)
 
 
 def mlp() -> nn.Module:
@@ -87,25 +87,25 @@ def train(make_tracker, steps: int):
 
 
 def test_state_dict_round_trip() -> None:
-    ema = train(lambda m: EMA(m, decay=0.9, warmup_steps=2), steps=6)
+    ema = train(lambda m: EMA(m, rate=0.9, warmup_steps=2), steps=6)
     buffer = io.BytesIO()
     torch.save(ema.state_dict(), buffer)
     buffer.seek(0)
-    restored = EMA(mlp(), decay=0.5)
+    restored = EMA(mlp(), rate=0.5)
     restored.load_state_dict(torch.load(buffer))
-    assert restored.decay == 0.9 and restored.warmup_steps == 2
+    assert restored.rate == 0.9 and restored.warmup_steps == 2
     for a, b in zip(restored.shadow.state_dict().values(), ema.shadow.state_dict().values()):
         assert torch.equal(a, b)
 
 
 def test_bank_matches_individual_emas() -> None:
-    decays = (0.5, 0.9, 0.999)
-    bank = train(lambda m: EMABank(m, decays, warmup_steps=3), steps=10)
+    rates = (0.5, 0.9, 0.999)
+    bank = train(lambda m: EMABank(m, rates, warmup_steps=3), steps=10)
     models = bank.models()
-    assert list(models) == list(decays)
-    for decay in decays:
-        alone = train(lambda m: EMA(m, decay, warmup_steps=3), steps=10)
-        for a, b in zip(models[decay].parameters(), alone.shadow.parameters()):
+    assert list(models) == list(rates)
+    for rate in rates:
+        alone = train(lambda m: EMA(m, rate, warmup_steps=3), steps=10)
+        for a, b in zip(models[rate].parameters(), alone.shadow.parameters()):
             assert torch.allclose(a, b, rtol=0, atol=1e-7)
     w = [m[0].weight for m in models.values()]
     assert not torch.allclose(w[0], w[1]) and not torch.allclose(w[1], w[2])
@@ -116,8 +116,8 @@ def test_bank_state_dict_round_trip() -> None:
     state = bank.state_dict()
     restored = EMABank(mlp(), (0.9, 0.99))
     restored.load_state_dict(state)
-    for decay, model in restored.models().items():
-        for a, b in zip(model.parameters(), bank.models()[decay].parameters()):
+    for rate, model in restored.models().items():
+        for a, b in zip(model.parameters(), bank.models()[rate].parameters()):
             assert torch.equal(a, b)
     with pytest.raises(ValueError):
         EMABank(nn.Linear(4, 1), (0.9, 0.5)).load_state_dict(state)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FID_WEIGHTS, ema_model, require, tiny_config
 
 from diffusion_core.data import to_uint8
 from diffusion_core.evaluate import EvalResult, Evaluator, fixed_noise, sampler_settings
 from diffusion_core.metrics import InceptionFeatures
 from diffusion_core.samplers import SamplerSettings
 from diffusion_core.trainer import Trainer
-from helpers import FID_WEIGHTS, require, tiny_config
 
 NUM_SAMPLES = 8
 REFERENCE_IMAGES = 32
@@ -64,9 +64,9 @@ def evaluated(trained, features, cache_dir):
     """Two evaluations of the same model by one Evaluator."""
     evaluator = Evaluator(eval_config(cache_dir), "cpu", features)
     seen = features.images_seen
-    first = evaluator(trained.ema.shadow, trained.schedule)
+    first = evaluator(ema_model(trained), trained.schedule)
     reference_passes = features.images_seen - seen - NUM_SAMPLES
-    second = evaluator(trained.ema.shadow, trained.schedule)
+    second = evaluator(ema_model(trained), trained.schedule)
     return {"evaluator": evaluator, "first": first, "second": second, "reference_passes": reference_passes}
 
 
@@ -115,11 +115,11 @@ def test_class_conditional_labels_are_seeded_too(tmp_path):
 def test_generate_is_reproducible_and_starts_from_the_fixed_noise(trained, features, cache_dir):
     evaluator = Evaluator(eval_config(cache_dir), "cpu", features)
     assert torch.equal(evaluator.x_T, fixed_noise(evaluator.cfg)[0])
-    a = evaluator.generate(trained.ema.shadow, trained.schedule)
-    b = evaluator.generate(trained.ema.shadow, trained.schedule)
+    a = evaluator.generate(ema_model(trained), trained.schedule)
+    b = evaluator.generate(ema_model(trained), trained.schedule)
     assert a.shape == (NUM_SAMPLES, 1, 8, 8) and torch.equal(a, b)
     reseeded = Evaluator(eval_config(cache_dir, seed=99), "cpu", features)
-    assert not torch.allclose(reseeded.generate(trained.ema.shadow, trained.schedule), a)
+    assert not torch.allclose(reseeded.generate(ema_model(trained), trained.schedule), a)
 
 
 # --- evaluation results -----------------------------------------------------------------------
@@ -146,7 +146,7 @@ def test_eval_result_fields(evaluated):
 
 def test_grid_shows_the_generated_samples(evaluated, trained):
     evaluator, grid = evaluated["evaluator"], evaluated["first"].grid
-    images = to_uint8(evaluator.generate(trained.ema.shadow, trained.schedule))
+    images = to_uint8(evaluator.generate(ema_model(trained), trained.schedule))
     for i in (0, 1, 2):  # tiles left to right, top to bottom
         row, col = divmod(i, 2)
         tile = grid[:, 2 + row * 10 : 2 + row * 10 + 8, 2 + col * 10 : 2 + col * 10 + 8]
@@ -186,7 +186,7 @@ def test_another_reference_size_is_a_separate_cache_entry(evaluated, features, c
 
 def test_different_model_gives_different_fid(evaluated, features, cache_dir):
     untrained = Trainer(eval_config(cache_dir), device="cpu")
-    result = Evaluator(eval_config(cache_dir), "cpu", features)(untrained.ema.shadow, untrained.schedule)
+    result = Evaluator(eval_config(cache_dir), "cpu", features)(ema_model(untrained), untrained.schedule)
     assert math.isfinite(result.fid) and result.fid != evaluated["first"].fid
 
 
@@ -195,15 +195,15 @@ def test_different_model_gives_different_fid(evaluated, features, cache_dir):
 
 def test_sampler_settings_maps_the_eval_section(tmp_path):
     cfg = eval_config(tmp_path, sampler="ddim", sampling_steps=7, eta=0.3, guidance_weight=2.5, clip="dynamic", threshold_percentile=0.9)
-    assert sampler_settings(cfg) == SamplerSettings(kind="ddim", steps=7, eta=0.3, guidance_weight=2.5, clip="dynamic", threshold_percentile=0.9)
+    assert sampler_settings(cfg) == SamplerSettings(sampler="ddim", sampling_steps=7, eta=0.3, guidance_weight=2.5, clip="dynamic", threshold_percentile=0.9)
     cfg = eval_config(tmp_path, sampler="ddpm", sampling_steps=10, clip="none")
-    assert sampler_settings(cfg) == SamplerSettings(kind="ddpm", steps=10, eta=0.0, guidance_weight=1.0, clip="none", threshold_percentile=0.995)
+    assert sampler_settings(cfg) == SamplerSettings(sampler="ddpm", sampling_steps=10, eta=0.0, guidance_weight=1.0, clip="none", threshold_percentile=0.995)
 
 
 def test_sampler_steps_are_capped_at_the_training_timesteps(tmp_path):
     cfg = eval_config(tmp_path, sampler="ddpm", sampling_steps=500)  # ddim would be refused by the config
     assert cfg.diffusion.timesteps == 100
-    assert sampler_settings(cfg).steps == 100
+    assert sampler_settings(cfg).sampling_steps == 100
 
 
 # --- progress bars ----------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_progress_shows_sampling_and_inception_passes_to_completion(trained, fea
     progress = RecordingProgress()
     evaluator = Evaluator(eval_config(cache_dir), "cpu", features, progress=progress)
     try:
-        evaluator(trained.ema.shadow, trained.schedule)
+        evaluator(ema_model(trained), trained.schedule)
     finally:
         features.progress = None
     shown = [(t["description"], t["total"], t["done"], t["removed"]) for t in progress.tasks.values()]

@@ -3,15 +3,21 @@ import math
 
 import pytest
 import torch
+from helpers import ema_model, tiny_config
 from PIL import Image
 from torch import nn
 
-from diffusion_core.checkpoint import save_atomic
-from diffusion_core.interpolate import denoising_timesteps, main, noise_interpolation, slerp, xt_interpolation
+from diffusion_core.checkpoint import save_model
+from diffusion_core.interpolate import (
+    denoising_timesteps,
+    main,
+    noise_interpolation,
+    slerp,
+    xt_interpolation,
+)
 from diffusion_core.samplers import SamplerSettings, sample
 from diffusion_core.schedules import NoiseSchedule
 from diffusion_core.trainer import Trainer
-from helpers import tiny_config
 
 
 def test_slerp_follows_the_great_circle_between_the_endpoints():
@@ -50,7 +56,7 @@ def test_noise_grid_rows_decode_their_endpoint_noises_with_deterministic_ddim():
     assert grid.shape == (10, 1, 4, 4) and torch.equal(grid, again)
     gen = torch.Generator().manual_seed(3)
     z = torch.stack([torch.randn(1, 4, 4, generator=gen) for _ in range(4)])  # z_a, z_b of row 0, then of row 1
-    ends = sample(ScaledEps(), schedule, z, "eps", SamplerSettings(kind="ddim", steps=10, eta=0.0, clip="static"))
+    ends = sample(ScaledEps(), schedule, z, "eps", SamplerSettings(sampler="ddim", sampling_steps=10, eta=0.0, clip="static"))
     torch.testing.assert_close(grid[[0, 4, 5, 9]], ends, atol=1e-5, rtol=0)
     assert not torch.allclose(grid[2], grid[0]) and not torch.allclose(grid[2], grid[4])
 
@@ -88,17 +94,17 @@ def test_denoising_timesteps_run_from_zero_to_t():
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A trainer checkpoint and a sweep trial's best_ema.pt of a tiny learned-variance digits model."""
+    """A trainer checkpoint and a model file (a run's or sweep trial's best) of a tiny learned-variance digits model."""
     folder = tmp_path_factory.mktemp("ckpt")
     cfg = tiny_config(diffusion={"timesteps": 50, "learn_sigma": True}, train={"max_steps": 2}, eval={"sampling_steps": 5})
     trainer = Trainer(cfg, device="cpu")
     trainer.train_until(2)
     trainer.save_checkpoint(folder / "checkpoint_last.pt")
-    save_atomic({"ema": trainer.ema.shadow.state_dict(), "step": 2, "fid": 1.0, "config": cfg.model_dump_json()}, folder / "best_ema.pt")
+    save_model(folder / "checkpoint_best.pt", ema_model(trainer).state_dict(), cfg, {"step": 2, "fid": 1.0})
     return folder
 
 
-@pytest.mark.parametrize("name", ["checkpoint_last.pt", "best_ema.pt"])
+@pytest.mark.parametrize("name", ["checkpoint_last.pt", "checkpoint_best.pt"])
 def test_cli_writes_both_grids_from_a_trainer_or_sweep_checkpoint(checkpoints, tmp_path, name):
     out, real = tmp_path / "grid.png", tmp_path / "real.png"
     code = main([str(checkpoints / name), "--out", str(out), "--rows", "2", "--cols", "3", "--real-out", str(real),
@@ -120,7 +126,7 @@ def test_cli_errors_are_one_line_with_non_zero_exit(checkpoints, tmp_path, capsy
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     assert main([str(foreign), "--out", str(tmp_path / "g.png")]) == 1
-    assert "no run config inside" in capsys.readouterr().err
-    assert main([str(checkpoints / "best_ema.pt"), "--out", str(tmp_path / "g.png"), "--real-out", str(tmp_path / "r.png"), "--t", "50"]) == 1
+    assert "written by an older diffusion-sweep (no format version" in capsys.readouterr().err
+    assert main([str(checkpoints / "checkpoint_best.pt"), "--out", str(tmp_path / "g.png"), "--real-out", str(tmp_path / "r.png"), "--t", "50"]) == 1
     assert "--t 50: must be in 0..49" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from helpers import ema_model, tiny_config
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
@@ -16,8 +17,8 @@ from diffusion_core.losses import (
 from diffusion_core.objectives import diffusion_loss
 from diffusion_core.samplers import SamplerSettings, guided_output, sample, sample_from
 from diffusion_core.schedules import NoiseSchedule
-from diffusion_core.trainer import Trainer, build_model
-from helpers import tiny_config
+from diffusion_core.trainer import Trainer
+from diffusion_core.unet import build_unet
 
 
 def test_normal_kl_equals_the_closed_form_gaussian_kl():
@@ -137,7 +138,7 @@ def test_respaced_ddpm_uses_the_learned_variance_relative_to_the_respaced_schedu
     timesteps = [0, 500]
     respaced = schedule.respace(timesteps)
     model = ConstantVariance(schedule, v_out)
-    settings = SamplerSettings(kind="ddpm", clip="none")
+    settings = SamplerSettings(sampler="ddpm", clip="none")
     sample_from(model, schedule, torch.zeros(20000, 1, 1, 1), timesteps, "eps", settings, generator=torch.Generator().manual_seed(0))
     v = (v_out + 1) / 2
     expected = math.exp(0.5 * (v * math.log(respaced.betas[1]) + (1 - v) * math.log(respaced.posterior_variance[1])))
@@ -148,13 +149,13 @@ def test_respaced_ddpm_uses_the_learned_variance_relative_to_the_respaced_schedu
 
 def test_learn_sigma_builds_2c_outputs_trains_and_samples():
     cfg = tiny_config(diffusion={"learn_sigma": True, "timesteps": 50}, train={"max_steps": 3}, eval={"sampler": "ddpm"})
-    assert build_model(cfg).out_channels == 2 * cfg.data.channels
+    assert build_unet(cfg).out_channels == 2 * cfg.data.channels
     trainer = Trainer(cfg, device="cpu")
     losses = trainer.train_until(3)
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     for kind in ("ddpm", "ddim"):
-        out = sample(trainer.ema.shadow, trainer.schedule, x_T, "eps", SamplerSettings(kind=kind, steps=5))
+        out = sample(ema_model(trainer), trainer.schedule, x_T, "eps", SamplerSettings(sampler=kind, sampling_steps=5))
         assert out.shape == x_T.shape and bool(torch.isfinite(out).all())
 
 

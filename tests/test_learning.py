@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ema_model, tiny_config
 from torch import Tensor
 
 from diffusion_core.data import to_unit_range
 from diffusion_core.samplers import SamplerSettings, sample
 from diffusion_core.trainer import Trainer
-from helpers import tiny_config
 
 STEPS = 250  # ~20-30 s on one (shared) CPU thread
 NUM_SAMPLES = 64
-SETTINGS = SamplerSettings(kind="ddim", steps=20, eta=0.0, clip="static")
+SETTINGS = SamplerSettings(sampler="ddim", sampling_steps=20, eta=0.0, clip="static")
 
 
 def nearest_neighbour_distance(samples: Tensor, data: Tensor) -> float:
@@ -28,12 +28,12 @@ def nearest_neighbour_distance(samples: Tensor, data: Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def run():
-    cfg = tiny_config(train={"batch_size": 16, "lr": 2e-3, "warmup_steps": 20, "ema_decay": 0.99, "max_steps": STEPS, "seed": 0})
+    cfg = tiny_config(train={"batch_size": 16, "lr": 2e-3, "warmup_steps": 20, "ema_rates": 0.99, "max_steps": STEPS, "seed": 0})
     trainer = Trainer(cfg, device="cpu")
     x_T = torch.randn(NUM_SAMPLES, cfg.data.channels, cfg.data.resolution, cfg.data.resolution, generator=torch.Generator().manual_seed(123))
-    untrained = sample(trainer.ema.shadow, trainer.schedule, x_T, cfg.diffusion.prediction, SETTINGS)
+    untrained = sample(ema_model(trainer), trainer.schedule, x_T, cfg.diffusion.prediction, SETTINGS)
     losses = trainer.train_until(STEPS)
-    trained = sample(trainer.ema.shadow, trainer.schedule, x_T, cfg.diffusion.prediction, SETTINGS)
+    trained = sample(ema_model(trainer), trainer.schedule, x_T, cfg.diffusion.prediction, SETTINGS)
     return {
         "trainer": trainer,
         "losses": losses,
@@ -72,5 +72,5 @@ def test_ema_samples_are_closer_to_the_data_than_noise_and_the_untrained_model(r
 def test_sampling_is_deterministic_for_fixed_noise(run):
     """DDIM with eta = 0 is a deterministic map of x_T: the comparison above is reproducible."""
     trainer = run["trainer"]
-    again = sample(trainer.ema.shadow, trainer.schedule, run["x_T"], "eps", SETTINGS)
+    again = sample(ema_model(trainer), trainer.schedule, run["x_T"], "eps", SETTINGS)
     assert torch.equal(again, run["trained"])

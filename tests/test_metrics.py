@@ -18,23 +18,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import DATA_ROOT
 from pytorch_fid import inception as pfi
 from pytorch_fid.fid_score import calculate_frechet_distance
 
 from diffusion_core import inception_weights as iw
 from diffusion_core.metrics import (
     InceptionFeatures,
-    build_pytorch_fid_inception,
-    inception_network,
     ReferenceCache,
     ReferenceStats,
+    build_pytorch_fid_inception,
     feature_statistics,
     fid_kid,
     frechet_distance,
+    inception_network,
     kernel_inception_distance,
 )
 
-from helpers import DATA_ROOT
 SHARED_WEIGHTS = DATA_ROOT / "fid_inception" / "pt_inception-2015-12-05-fczeroed.pth"
 N_PER_SET = 64  # the Inception forward runs at a few img/s on a small CPU
 

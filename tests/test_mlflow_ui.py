@@ -8,9 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from helpers import store_uri, sweep_runs
-from sweep.report import REPORT_FILE
+
+from sweep.report.publish import REPORT_FILE
 from sweep.ui import mlflow_server
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -66,12 +66,17 @@ def test_fid_history_of_every_trial_is_served(ui):
         assert len(served) >= 1
 
 
+def served_tags(url: str, run_id: str) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in api(url, "runs/get", run_id=run_id)["run"]["data"]["tags"]}
+
+
 def test_sample_grids_and_report_are_served(ui, tmp_path):
     url, (client, parents, children) = ui
     child = children[0]
-    listed = api(url, "artifacts/list", run_id=child.info.run_id, path="samples")["files"]
-    pngs = [f["path"] for f in listed if f["path"].endswith(".png")]
+    listed = api(url, "artifacts/list", run_id=child.info.run_id, path="images")["files"]
+    pngs = [f["path"] for f in listed if f["path"].startswith("images/samples+step+") and f["path"].endswith(".png")]
     assert pngs and len(pngs) == len(client.get_metric_history(child.info.run_id, "fid"))
+    assert served_tags(url, child.info.run_id).get("mlflow.loggedImages") == "True"  # MLflow's image comparison view
     served = get(url, "/get-artifact", path=pngs[-1], run_uuid=child.info.run_id)
     assert served.startswith(PNG_MAGIC)
     assert served == Path(client.download_artifacts(child.info.run_id, pngs[-1], str(tmp_path))).read_bytes()

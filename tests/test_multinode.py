@@ -4,9 +4,8 @@ Each trial also keeps an EMA bank (its searched ema_decay plus 0.999), evaluated
 import subprocess
 
 import pytest
-from ray.cluster_utils import Cluster
-
 from helpers import smoke_sweep_command, sweep_runs
+from ray.cluster_utils import Cluster
 
 
 @pytest.fixture
@@ -35,7 +34,7 @@ def test_sweep_spreads_over_two_nodes_into_one_mlflow_store(two_node_cluster, tm
     for child in children:
         fid = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "fid")}
         banked = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "fid_ema_0.999")}
-        searched = {m.step: m.value for m in client.get_metric_history(child.info.run_id, f"fid_ema_{child.data.params['train.ema_decay']}")}
+        searched = {m.step: m.value for m in client.get_metric_history(child.info.run_id, f"fid_ema_{child.data.params['train.ema_rates']}")}
         assert fid and set(fid) == set(banked) == set(searched), "the EMA bank was not evaluated at every rung"
         assert all(fid[s] == min(banked[s], searched[s]) for s in fid), "reported FID is not the bank's best"
     assert "best EMA rate: " in proc.stdout

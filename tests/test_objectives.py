@@ -2,7 +2,12 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_core.objectives import diffusion_loss, sample_timesteps, to_eps_and_x0, training_target
+from diffusion_core.objectives import (
+    diffusion_loss,
+    sample_timesteps,
+    to_eps_and_x0,
+    training_target,
+)
 from diffusion_core.schedules import NoiseSchedule
 
 
@@ -51,8 +56,9 @@ def test_timesteps_uniform_and_respect_minimum():
 
 def test_trainer_draws_x0_timesteps_from_seed_001_range():
     """diffusion.min_timestep = 1 is seed 001's eq. 6, t ~ U{2..T} (1-based): the model never sees code step 0."""
-    from diffusion_core.trainer import Trainer
     from helpers import tiny_config
+
+    from diffusion_core.trainer import Trainer
 
     cfg = tiny_config(diffusion={"prediction": "x0", "min_timestep": 1, "timesteps": 10}, train={"max_steps": 20, "batch_size": 16})
     trainer = Trainer(cfg, device="cpu")

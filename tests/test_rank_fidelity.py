@@ -1,7 +1,7 @@
 """Spearman's rho between each rung's FID ranking and the final ranking, on hand-built histories."""
 import pytest
 
-from sweep.rank_fidelity import rank_fidelity
+from sweep.report.analyse import rank_fidelity
 
 
 def test_identical_ranking_is_one_and_reversed_is_minus_one():

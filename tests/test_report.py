@@ -10,15 +10,16 @@ import sys
 
 import pytest
 import yaml
+from helpers import SMOKE_SPACE, store_uri, sweep_runs
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from plotly.offline import get_plotlyjs
 
-from helpers import SMOKE_SPACE, store_uri, sweep_runs
 from sweep.config import load_sweep
-from sweep.rank_fidelity import rank_fidelity
-from sweep.report import REPORT_FILE, RHO_METRIC, collect, publish
-from sweep.tracking import STATUS_TAG, SWEEP_TAG, TrialRun
+from sweep.report.analyse import rank_fidelity
+from sweep.report.collect import from_tracker
+from sweep.report.publish import REPORT_FILE, RHO_METRIC, publish
+from sweep.tracking import STATUS_TAG, open_tracker
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # trial: (status, {step: fid}, params). Finishers a-d rank b, a, c, d at step 300; at step 100 they rank
@@ -32,7 +33,10 @@ TRIALS = {
     "e": ("pruned", {100: 40.0}, ("cosine", 200, 8e-4, 0.05, 2, 0.95)),
     "f": ("pruned", {100: 90.0}, ("linear", 400, 3e-3, 0.25, 4, 0.99)),
 }
-PATHS = ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout", "model.num_heads", "train.ema_decay"]
+PATHS = ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout", "model.num_heads", "train.ema_rates"]
+
+
+COLORS = {(name, step): 10 * i + step // 100 for i, (name, (_, fids, _)) in enumerate(TRIALS.items()) for step in fids}
 
 
 def _png(color: int) -> bytes:
@@ -45,24 +49,24 @@ def _png(color: int) -> bytes:
 def synthetic(tmp_path_factory):
     """A finished sweep written straight into MLflow as the runner and trainable would, then published."""
     work = tmp_path_factory.mktemp("synthetic")
-    client = MlflowClient(store_uri(work))
-    experiment = client.create_experiment("synthetic", artifact_location=(work / "mlartifacts").as_uri())
-    parent = client.create_run(experiment, tags={SWEEP_TAG: "synthetic"}, run_name="synthetic").info.run_id
-    client.log_text(parent, yaml.safe_dump(load_sweep(SMOKE_SPACE).model_dump(), sort_keys=False), "resolved_space.yaml")
+    tracker = open_tracker(store_uri(work))
+    experiment = tracker.experiment("synthetic")
+    parent = tracker.start_sweep(experiment, "synthetic", False, {}).run_id
+    tracker.run(parent).log_text(yaml.safe_dump(load_sweep(SMOKE_SPACE).model_dump(), sort_keys=False), "resolved_space.yaml")
     for name, (status, fids, values) in TRIALS.items():
-        run = TrialRun.create(client, experiment, parent, f"trial_{name}", name, dict(zip(PATHS, values)), {})
+        run = tracker.trial_run(experiment, parent, name, f"trial_{name}", dict(zip(PATHS, values)), {})
         for step, fid in fids.items():
             run.log_metrics({"fid": fid}, step)
         run.set_tags({STATUS_TAG: status})
-        if name == "b":
-            for step, color in ((100, 50), (300, 200)):
-                run.log_png(_png(color), f"samples/step_{step:07d}.png")
-    out, fidelity = publish(client, collect(client, "synthetic", "synthetic"), work / "ray_results" / "synthetic" / REPORT_FILE)
-    return client, parent, out, fidelity
+        for step in fids:
+            run.log_image(_png(COLORS[name, step]), "samples", step)
+    sweep, _ = from_tracker(tracker, "synthetic", "synthetic")
+    out, fidelity = publish(tracker, sweep, work / "ray_results" / "synthetic" / REPORT_FILE)
+    return MlflowClient(store_uri(work)), parent, out, fidelity, tracker
 
 
 def test_rank_fidelity_is_shown_and_logged_on_the_parent_run(synthetic):
-    client, parent, out, fidelity = synthetic
+    client, parent, out, fidelity, _ = synthetic
     assert [(r.step, r.n) for r in fidelity] == [(100, 4), (200, 4)]
     assert [r.rho for r in fidelity] == [pytest.approx(0.8), pytest.approx(-0.8)]
     logged = {m.step: m.value for m in client.get_metric_history(parent, RHO_METRIC)}
@@ -72,8 +76,8 @@ def test_rank_fidelity_is_shown_and_logged_on_the_parent_run(synthetic):
 
 
 def test_rerunning_the_report_does_not_log_rank_fidelity_twice(synthetic, tmp_path):
-    client, parent, _, _ = synthetic
-    publish(client, collect(client, "synthetic", "synthetic"), tmp_path / REPORT_FILE)
+    client, parent, _, _, tracker = synthetic
+    publish(tracker, from_tracker(tracker, "synthetic", "synthetic")[0], tmp_path / REPORT_FILE)
     assert sorted(m.step for m in client.get_metric_history(parent, RHO_METRIC)) == [100, 200]
 
 
@@ -91,15 +95,28 @@ def test_optuna_plots_and_plotly_inlined_once(synthetic):
     assert page.count(get_plotlyjs()[:500]) == 1
 
 
+def _images(section: str) -> list[bytes]:
+    return [base64.b64decode(i) for i in re.findall(r"<img src='data:image/png;base64,([A-Za-z0-9+/=]+)'", section)]
+
+
 def test_best_trial_grids_embedded_in_step_order(synthetic):
     page = synthetic[2].read_text()
-    images = re.findall(r"<img src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert [base64.b64decode(i) for i in images] == [_png(50), _png(200)]
-    assert page.index("step 100: FID 60.00") < page.index("step 300: FID 10.00")
+    best = page[page.index("<h2 id='samples'>"):page.index("<h2 id='top'>")]
+    assert _images(best) == [_png(COLORS["b", step]) for step in (100, 200, 300)]
+    assert best.index("step 100: FID 60.00") < best.index("step 300: FID 10.00")
+
+
+def test_top_trials_side_by_side_at_the_latest_rung_they_all_reached(synthetic):
+    """The four best trials by best FID are b, a, c, d (all finished): their grids at step 300, best first."""
+    page = synthetic[2].read_text()
+    top = page[page.index("<h2 id='top'>"):page.index('<h2 id="trials">')]
+    assert "At step 300" in top
+    assert _images(top) == [_png(COLORS[name, 300]) for name in "bacd"]
+    assert top.index("trial_b: FID 10.00") < top.index("trial_a: FID 20.00")
 
 
 def test_report_is_a_parent_run_artifact(synthetic):
-    client, parent, out, _ = synthetic
+    client, parent, out, _, _ = synthetic
     assert REPORT_FILE in [a.path for a in client.list_artifacts(parent)]
     assert out.is_file() and out.parent.name == "synthetic"
 
@@ -132,9 +149,9 @@ def test_smoke_report_has_a_curve_and_a_row_per_trial_and_the_best_grids(smoke_s
     for child in children:
         assert f"<td>{child.data.tags['mlflow.runName']}</td><td>{child.data.tags[STATUS_TAG]}</td>" in page
     best = min(children, key=lambda c: min(m.value for m in client.get_metric_history(c.info.run_id, "fid")))
-    grids = re.findall(r"<img src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert len(grids) == len(client.list_artifacts(best.info.run_id, "samples"))
-    assert all(base64.b64decode(g).startswith(PNG_MAGIC) for g in grids)
+    grids = _images(page[page.index("<h2 id='samples'>"):page.index("<h2 id='top'>")])
+    assert len(grids) == len(client.get_metric_history(best.info.run_id, "fid"))
+    assert all(g.startswith(PNG_MAGIC) for g in grids)
 
 
 def test_smoke_report_shows_rank_fidelity_of_every_rung(smoke_sweep):

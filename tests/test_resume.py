@@ -6,6 +6,7 @@ import subprocess
 import time
 
 from helpers import smoke_sweep_command, sweep_runs
+
 from sweep.runner import RungAwareOptunaSearch
 
 

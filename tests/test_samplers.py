@@ -3,7 +3,14 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from diffusion_core.samplers import SamplerSettings, ddim_step, dynamic_threshold, leading_timesteps, predict, sample
+from diffusion_core.samplers import (
+    SamplerSettings,
+    ddim_step,
+    dynamic_threshold,
+    leading_timesteps,
+    predict,
+    sample,
+)
 from diffusion_core.schedules import NoiseSchedule
 
 
@@ -43,7 +50,7 @@ def test_ddim_step_equals_diffusers(eta, kind):
     x_t = torch.randn(2, 3, 8, 8, generator=gen)
     output = torch.randn(2, 3, 8, 8, generator=gen)
     noise = torch.randn(2, 3, 8, 8, generator=gen)
-    settings = SamplerSettings(kind="ddim", steps=S, eta=eta, clip="none")
+    settings = SamplerSettings(sampler="ddim", sampling_steps=S, eta=eta, clip="none")
     abar = schedule.alphas_cumprod
     for t_int in [980, 500, 20, 0]:
         expected = ref.step(output, t_int, x_t, eta=eta, variance_noise=noise).prev_sample
@@ -78,7 +85,7 @@ def test_ddim_eta0_with_oracle_returns_the_single_data_point(prediction):
             return x_0 if prediction == "x0" else schedule.velocity(x_0, t, eps)
 
     x_T = torch.randn(4, 1, 8, 8, generator=gen)
-    out = sample(Reparam(), schedule, x_T, prediction, SamplerSettings(kind="ddim", steps=20, eta=0.0, clip="none"))
+    out = sample(Reparam(), schedule, x_T, prediction, SamplerSettings(sampler="ddim", sampling_steps=20, eta=0.0, clip="none"))
     torch.testing.assert_close(out, x_star.expand_as(out), atol=1e-4, rtol=0)
 
 
@@ -87,7 +94,7 @@ def test_ddpm_with_oracle_converges_and_is_seeded():
     x_star = torch.full((1, 1, 4, 4), 0.5)
     oracle = OnePointOracle(schedule, x_star)
     x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    settings = SamplerSettings(kind="ddpm", steps=100, clip="static")
+    settings = SamplerSettings(sampler="ddpm", sampling_steps=100, clip="static")
     a = sample(oracle, schedule, x_T, "eps", settings, generator=torch.Generator().manual_seed(5))
     b = sample(oracle, schedule, x_T, "eps", settings, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b)
@@ -99,7 +106,7 @@ def test_guidance_weight_zero_is_unconditional_and_one_is_conditional():
     model = LabelShift()
     x_T = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([1, 2, 3, 4])
-    run = lambda w, labels: sample(model, schedule, x_T, "eps", SamplerSettings(steps=10, guidance_weight=w, clip="none"), y=labels)
+    run = lambda w, labels: sample(model, schedule, x_T, "eps", SamplerSettings(sampling_steps=10, guidance_weight=w, clip="none"), y=labels)
     torch.testing.assert_close(run(0.0, y), run(1.0, torch.full_like(y, 10)))
     assert not torch.allclose(run(1.0, y), run(0.0, y))
     guided = run(3.0, y)
@@ -127,7 +134,7 @@ def test_a_single_sampling_step_jumps_straight_to_the_predicted_x0(kind):
     schedule = NoiseSchedule.create("linear", 1000)
     x_star = torch.full((1, 1, 4, 4), 0.5)
     x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    out = sample(OnePointOracle(schedule, x_star), schedule, x_T, "eps", SamplerSettings(kind=kind, steps=1, clip="static"),
+    out = sample(OnePointOracle(schedule, x_star), schedule, x_T, "eps", SamplerSettings(sampler=kind, sampling_steps=1, clip="static"),
                  generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(out, x_star.expand_as(out), atol=1e-4, rtol=0)
     assert torch.isfinite(schedule.respace([0]).posterior_log_variance_clipped).all()

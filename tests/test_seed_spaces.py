@@ -7,8 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import (
+    FID_WEIGHTS,
+    MNIST_ROOT,
+    REPO,
+    image_steps,
+    require,
+    store_uri,
+    sweep_runs,
+)
 
-from helpers import FID_WEIGHTS, MNIST_ROOT, REPO, require, store_uri, sweep_runs
 from sweep.launch import main
 
 SEED_SPACES = sorted((REPO / "search_spaces").glob("seed*.yaml"))
@@ -72,6 +80,5 @@ def test_seed001_mnist_runs_at_reduced_size_and_logs_interpolations(tmp_path):
         ddpm = next(r for r in rows[1:] if r["eval.sampler"] == "ddpm")
         assert ddpm["fid"] == rows[0]["fid"] and ddpm["seconds"] == 0.0, "the configured sampler was evaluated twice"
     best_id = parents[0].data.tags["best_run_id"]
-    logged = {a.path for a in client.list_artifacts(best_id, "interpolation")}
-    assert logged == {"interpolation/noise_slerp.png", "interpolation/xt_real.png"}
+    assert image_steps(client, best_id, "interpolation/noise_slerp") and image_steps(client, best_id, "interpolation/xt_real")
     assert "interpolation grids of the best trial" in proc.stdout

@@ -32,7 +32,7 @@ BAD_FILES = [
     ("unknown sampler", "name: x\neval: {sampler: euler}\n", "eval.sampler"),
     ("heads do not divide", "name: x\nmodel: {base_channels: 16, num_heads: {choice: [2, 3]}}\n", "num_heads=3 does not divide"),
     ("negative dropout", "name: x\nmodel: {dropout: {uniform: [-0.1, 0.2]}}\n", "model.dropout"),
-    ("ema rate 1", "name: x\ntrain: {ema_decay: {choice: [0.999, 1.0]}}\n", "train.ema_decay"),
+    ("ema rate 1", "name: x\ntrain: {ema_decay: {choice: [0.999, 1.0]}}\n", "train.ema_rates"),
     ("absurd resources", "name: x\nsweep: {resources_per_trial: {cpu: 100000}}\n", "sweep.resources_per_trial.cpu"),
     ("python object tag", "name: !!python/object/apply:os.system ['echo pwned']\n", "invalid YAML"),
     ("condition on unknown", "name: x\ndiffusion: {cosine_s: {uniform: [0.001, 0.01], if: {diffusion.shedule: cosine}}}\n", "diffusion.cosine_s.if"),
@@ -83,7 +83,7 @@ def test_missing_file_is_a_clear_error(capsys):
 def test_dry_run_of_shipped_spaces_works_offline(space, capsys):
     assert main([str(REPO / "search_spaces" / f"{space}.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for dim in ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout", "model.num_heads", "train.ema_decay"]:
+    for dim in ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout", "model.num_heads", "train.ema_rates"]:
         assert dim in out
 
 

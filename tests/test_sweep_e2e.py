@@ -2,9 +2,9 @@
 import json
 from pathlib import Path
 
-from helpers import sweep_runs
+from helpers import image_steps, sweep_runs
 
-SIX = ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout", "model.num_heads", "train.ema_decay"]
+SIX = ["diffusion.schedule", "diffusion.timesteps", "train.lr", "model.dropout", "model.num_heads", "train.ema_rates"]
 
 
 def test_summary_printed(smoke_sweep):
@@ -31,9 +31,8 @@ def test_mlflow_has_one_child_run_per_trial_with_history_images_and_checkpoint(s
         history = client.get_metric_history(child.info.run_id, "fid")
         steps = sorted(m.step for m in history)
         assert steps == list(range(every, steps[-1] + 1, every)), steps
-        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "samples")}
-        assert len(artifacts) == len(steps) and all(p.endswith(".png") for p in artifacts)
-        assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")] == ["checkpoints/best_ema.pt"]
+        assert image_steps(client, child.info.run_id, "samples") == steps, "a sample grid per rung, by key and step"
+        assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")] == ["checkpoints/checkpoint_best.pt"]
         status = child.data.tags["diffusion_sweep.status"]
         statuses[child.info.run_id] = status
         expected_run_status = {"completed": "FINISHED", "pruned": "KILLED"}[status]

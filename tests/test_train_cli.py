@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import FID_WEIGHTS, ema_model, require
 from PIL import Image
 
 from diffusion_core.checkpoint import load_safe
 from diffusion_core.config import load_run_config
 from diffusion_core.train import main
 from diffusion_core.trainer import Trainer
-from helpers import FID_WEIGHTS, require
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def write_config(tmp_path: Path, **changes) -> Path:
         "data": {"dataset": "digits"},
         "model": {"base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [], "num_heads": 1, "dropout": 0.0},
         "diffusion": {"schedule": "cosine", "timesteps": 100},
-        "train": {"batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "ema_decay": 0.9, "max_steps": 40, "seed": 0},
+        "train": {"batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "ema_rates": 0.9, "max_steps": 40, "seed": 0},
         "eval": {
             "every_steps": 20,
             "num_samples": 8,
@@ -98,8 +98,9 @@ def test_best_checkpoint_is_the_lowest_fid(run_dir):
     out = run_dir["tmp_path"] / "at_step_40" / "cli"  # the untouched copy of the first run
     best = min(read_metrics(out), key=lambda m: m["fid"])
     state = load_safe(out / "checkpoint_best.pt")
-    assert state["step"] == best["step"]
-    assert {"model", "ema", "optimizer", "rng", "config"} <= set(state)
+    assert state["kind"] == "model" and state["info"]["step"] == best["step"] and state["info"]["fid"] == best["fid"]
+    assert {"weights", "config", "format"} <= set(state)
+    assert {"model", "emas", "optimizer", "rng", "config"} <= set(load_safe(out / "checkpoint_last.pt"))
 
 
 def test_sample_grid_is_a_png_of_the_samples(run_dir):
@@ -142,7 +143,7 @@ def test_continued_run_keeps_the_best_checkpoint_of_earlier_evaluations(run_dir)
     if not metrics[2]["fid"] > min(m["fid"] for m in metrics[:2]):
         pytest.skip("the sabotaged evaluation was not worse; the scenario did not arise")
     best = min(metrics, key=lambda m: m["fid"])
-    assert load_safe(out / "cli" / "checkpoint_best.pt")["step"] == best["step"]
+    assert load_safe(out / "cli" / "checkpoint_best.pt")["info"]["step"] == best["step"]
 
 
 def test_rerun_training_matches_an_uninterrupted_run(run_dir, continued):
@@ -155,8 +156,8 @@ def test_rerun_training_matches_an_uninterrupted_run(run_dir, continued):
     assert resumed["step"] == 60
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed["model"][name]), name
-    for name, tensor in straight.ema.shadow.state_dict().items():
-        assert torch.equal(tensor, resumed["ema"]["shadow"][name]), name
+    for name, tensor in ema_model(straight).state_dict().items():
+        assert torch.equal(tensor, resumed["emas"]["emas"][0]["shadow"][name]), name
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -1,10 +1,9 @@
+import pytest
 import torch
+from helpers import ema_model, tiny_config
 
 from diffusion_core.checkpoint import CheckpointError, load_safe
 from diffusion_core.trainer import DivergenceError, Trainer
-from helpers import tiny_config
-
-import pytest
 
 
 def test_checkpoint_restore_continues_exactly(tmp_path):
@@ -25,7 +24,7 @@ def test_checkpoint_restore_continues_exactly(tmp_path):
     assert resumed.load_checkpoint(tmp_path / "ckpt.pt") == {"run_id": "abc"}
     assert resumed.step == 300
     assert resumed.train_until(600) == expected[300:]
-    for a, b in zip(straight.ema.shadow.parameters(), resumed.ema.shadow.parameters()):
+    for a, b in zip(ema_model(straight).parameters(), ema_model(resumed).parameters()):
         assert torch.equal(a, b)
 
 
