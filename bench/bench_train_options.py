@@ -2,9 +2,8 @@
 real ``Trainer.train_step`` (batch from the dataset, loss, backward, clip, AdamW, EMA) with one option changed.
 
 - ``train.channels_last`` and ``train.compile`` (off by default): speed with the option / speed without.
-- The choices that are on by default are measured by turning each off: fused AdamW; on the CPU our
-  dropout mask (against ``nn.Dropout``); on CUDA bf16 autocast (``train.mixed_precision``) and the dataset
-  held on the device.
+- The choices that are on by default are measured by turning each off: fused AdamW; on CUDA bf16 autocast
+  (``train.mixed_precision``) and the dataset held on the device.
 
 Repetitions are interleaved with the defaults (order rotated), and each figure is the median of the
 per-repetition ratios. Warm-up steps (where ``torch.compile`` compiles) are timed separately.
@@ -37,7 +36,6 @@ from bench._common import (
 )
 from diffusion_core.config import RunConfig
 from diffusion_core.data import ImageData
-from diffusion_core.dropout import Dropout
 from diffusion_core.trainer import Trainer
 
 
@@ -59,13 +57,6 @@ def data_on_host(trainer: Trainer) -> None:
     trainer.data = trainer.data.to("cpu")
 
 
-def torch_dropout(trainer: Trainer) -> None:
-    for module in trainer.model.modules():
-        for name, child in module.named_children():
-            if isinstance(child, Dropout):
-                setattr(module, name, torch.nn.Dropout(child.p))
-
-
 def variants(cuda: bool) -> dict[str, tuple[str, dict[str, Any], Callable[[Trainer], None] | None, bool]]:
     """name -> (what it changes, train-section overrides, a change made after construction, on by default?)."""
     out = {
@@ -78,8 +69,6 @@ def variants(cuda: bool) -> dict[str, tuple[str, dict[str, Any], Callable[[Train
             "fp32": ("`train.mixed_precision: false` (no bf16 autocast)", {"mixed_precision": False}, None, True),
             "data_on_host": ("dataset kept in host memory, batches copied per step", {}, data_on_host, True),
         }
-    else:  # on CUDA our Dropout is F.dropout
-        out["torch_dropout"] = ("`nn.Dropout` (bernoulli_ mask) instead of our CPU dropout mask", {}, torch_dropout, True)
     return out
 
 
