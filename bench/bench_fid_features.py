@@ -11,7 +11,6 @@ else the same file ``InceptionFeatures`` resolved (pytorch-fid would otherwise t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import torch
 from pytorch_fid import inception as pfi
 from torch.utils.data import DataLoader, TensorDataset
 
+from bench._common import write_result
 from diffusion_core.inception_weights import HUB_FILENAME
 from diffusion_core.metrics import InceptionFeatures, build_pytorch_fid_inception
 
@@ -110,9 +110,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     print(f"| {result['device']} | {args.num_images} | {result['ours_img_per_s']:.1f} | "
           f"{result['pytorch_fid_img_per_s']:.1f} | {result['ratio']:.2f}x | {result['max_abs_feature_diff']:.1e} |")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":
