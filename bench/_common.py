@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -55,11 +56,27 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# An absolute or home path inside a text: "/" or "~/" not preceded by a word character, folders, the last name.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])~?/(?:[\w.+~-]+/)+([\w.+~-]+)")
+
+
+def file_names(value: Any) -> Any:
+    """``value`` (a JSON result) with every absolute path in its texts cut to its file name: results must not
+    carry one machine's folders (``/root/.cache/.../weights.pth`` -> ``weights.pth``)."""
+    if isinstance(value, str):
+        return ABSOLUTE_PATH.sub(r"\1", value)
+    if isinstance(value, dict):
+        return {k: file_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [file_names(v) for v in value]
+    return value
+
+
 def write_result(result: dict[str, Any], out: Path | None) -> None:
-    """A benchmark's result as JSON at ``out`` (run_all reads it back), if given."""
+    """A benchmark's result as JSON at ``out`` (run_all reads it back), if given, paths cut to file names."""
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        out.write_text(json.dumps(file_names(result), indent=2) + "\n")
 
 
 def resolve_device(name: str) -> torch.device:

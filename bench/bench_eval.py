@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
+from bench._benchmark import Args, Benchmark, Result
 from bench._common import resolve_device, write_result
+from bench._markdown import row
 from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator
 from diffusion_core.trainer import build_model, build_schedule
@@ -99,6 +101,46 @@ def main() -> None:
     }
     print(json.dumps(out, indent=2))
     write_result(out, args.out)
+
+
+def section(r: Result) -> list[str]:
+    """Absolute cost of one rung's evaluation (no peer: it is the price ASHA pays per rung)."""
+    n = r["num_samples"]
+    return [
+        f"## The price of a rung: {n:,}-sample FID/KID evaluation",
+        "",
+        "| | wall s | CPU s (user+sys) | samples/s |",
+        "|---|---|---|---|",
+        f"| one-off reference statistics ({r['reference_images']:,} real images, then cached) | {r['reference_seconds']:.0f} | "
+        f"{r['reference_cpu_seconds']:.0f} | |",
+        f"| evaluation at a rung: generate {n:,} + Inception + FID/KID | {r['eval_seconds']:.0f} | {r['eval_cpu_seconds']:.0f} | "
+        f"{r['samples_per_s']:.2f} |",
+        f"| of which sampling ({r['sampler']}, batch {r['batch_size']}) | {r['sampling_seconds']:.0f} | | |",
+        "",
+        f"- Device: {r['device']}; {r['model_parameters']:,}-parameter U-Net on MNIST {r['image_shape']} (untrained: the time "
+        "does not depend on the weights). Peak resident memory of the whole process: "
+        f"**{r['peak_rss_mib']:,.0f} MiB** for N = {n:,} (features are kept as N x 2048 float64 = {n * 2048 * 8 / 2**20:,.0f} MiB).",
+        "- Wall time depends on what else the machine ran (see the load average above); CPU time divided by the thread count "
+        "is the unloaded estimate.",
+        f"- {r['weights']}.",
+    ]
+
+
+def summary(r: Result) -> str:
+    return row(f"FID/KID evaluation of {r['num_samples']:,} samples, s",
+               f"{r['eval_seconds']:.0f} wall, {r['eval_cpu_seconds']:.0f} CPU", "-", "-", "-", "measured (no peer)")
+
+
+BENCHMARK = Benchmark(
+    name="eval",
+    title="The price of a rung: FID/KID evaluation",
+    module="bench.bench_eval",
+    order=50,
+    section=section,
+    args=Args(full="--num-samples 10000 --reference-images 2000", quick="--num-samples 64 --reference-images 64",
+              cuda_full="--num-samples 10000 --reference-images 10000", cuda_quick="--num-samples 1000 --reference-images 1000"),
+    summary=summary,
+)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,12 @@ and the loop of ``pytorch_fid.fid_score.get_activations`` (DataLoader, no_grad, 
 in-memory dataset instead of image files. Its weights: the release file in the torch hub cache if present,
 else the same file ``InceptionFeatures`` resolved (pytorch-fid would otherwise try to download).
 
-    python bench/bench_fid_features.py --num-images 2000 --out bench_fid_features.json
+    python -m bench.bench_fid_features --num-images 2000 --out bench_fid_features.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -22,8 +21,13 @@ import torch
 from pytorch_fid import inception as pfi
 from torch.utils.data import DataLoader, TensorDataset
 
+from bench._benchmark import Args, Benchmark, Result, Target
+from bench._common import write_result
+from bench._markdown import peer_table, ratio_list, throughput_summary
 from diffusion_core.inception_weights import HUB_FILENAME
 from diffusion_core.metrics import InceptionFeatures, build_pytorch_fid_inception
+
+TARGET = Target(1.0)  # ours/pytorch-fid img/s
 
 
 def pytorch_fid_model(weights_path: Path, device: torch.device) -> tuple[pfi.InceptionV3, str]:
@@ -110,9 +114,35 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     print(f"| {result['device']} | {args.num_images} | {result['ours_img_per_s']:.1f} | "
           f"{result['pytorch_fid_img_per_s']:.1f} | {result['ratio']:.2f}x | {result['max_abs_feature_diff']:.1e} |")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
+
+
+def section(r: Result) -> list[str]:
+    return peer_table(
+        r, "FID feature extraction (InceptionFeatures vs pytorch-fid's get_activations loop)", "pytorch-fid",
+        f"img/s ({r['num_images']} images, batch {r['batch_size']}, interleaved chunks of {r['chunk']})",
+        "pytorch_fid_img_per_s", TARGET,
+    ) + [
+        "",
+        f"- Device: {r['device']}; images {r['image_shape']}, upsampled to 299x299 by both; max |feature diff| {r['max_abs_feature_diff']:.1e}.",
+        f"- Ours: {r['ours']}.",
+        f"- Peer: {r['pytorch_fid']}.",
+        f"- Per-chunk ratios ours/pytorch-fid (each pair adjacent in time): {ratio_list(r['paired_ratios'])}; "
+        "the headline ratio is their median, img/s are totals.",
+    ]
+
+
+BENCHMARK = Benchmark(
+    name="fid",
+    title="FID feature extraction",
+    module="bench.bench_fid_features",
+    order=40,
+    section=section,
+    args=Args(full="--num-images 2000 --batch-size 50", quick="--num-images 32 --batch-size 16",
+              cuda_quick="--num-images 500 --batch-size 50"),
+    target=TARGET,
+    summary=throughput_summary("FID Inception features, img/s", "pytorch_fid_img_per_s", "pytorch-fid", TARGET),
+)
 
 
 if __name__ == "__main__":

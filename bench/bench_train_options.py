@@ -2,9 +2,8 @@
 real ``Trainer.train_step`` (batch from the dataset, loss, backward, clip, AdamW, EMA) with one option changed.
 
 - ``train.channels_last`` and ``train.compile`` (off by default): speed with the option / speed without.
-- The choices that are on by default are measured by turning each off: fused AdamW; on the CPU our
-  dropout mask (against ``nn.Dropout``); on CUDA bf16 autocast (``train.mixed_precision``) and the dataset
-  held on the device.
+- The choices that are on by default are measured by turning each off: fused AdamW; on CUDA bf16 autocast
+  (``train.mixed_precision``) and the dataset held on the device.
 
 Repetitions are interleaved with the defaults (order rotated), and each figure is the median of the
 per-repetition ratios. Warm-up steps (where ``torch.compile`` compiles) are timed separately.
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from bench._benchmark import Args, Benchmark, Result
 from bench._common import (
     Preset,
     add_step_timing_args,
@@ -35,9 +35,9 @@ from bench._common import (
     sync,
     write_result,
 )
+from bench._markdown import row
 from diffusion_core.config import RunConfig
 from diffusion_core.data import ImageData
-from diffusion_core.dropout import Dropout
 from diffusion_core.trainer import Trainer
 
 
@@ -59,13 +59,6 @@ def data_on_host(trainer: Trainer) -> None:
     trainer.data = trainer.data.to("cpu")
 
 
-def torch_dropout(trainer: Trainer) -> None:
-    for module in trainer.model.modules():
-        for name, child in module.named_children():
-            if isinstance(child, Dropout):
-                setattr(module, name, torch.nn.Dropout(child.p))
-
-
 def variants(cuda: bool) -> dict[str, tuple[str, dict[str, Any], Callable[[Trainer], None] | None, bool]]:
     """name -> (what it changes, train-section overrides, a change made after construction, on by default?)."""
     out = {
@@ -78,8 +71,6 @@ def variants(cuda: bool) -> dict[str, tuple[str, dict[str, Any], Callable[[Train
             "fp32": ("`train.mixed_precision: false` (no bf16 autocast)", {"mixed_precision": False}, None, True),
             "data_on_host": ("dataset kept in host memory, batches copied per step", {}, data_on_host, True),
         }
-    else:  # on CUDA our Dropout is F.dropout
-        out["torch_dropout"] = ("`nn.Dropout` (bernoulli_ mask) instead of our CPU dropout mask", {}, torch_dropout, True)
     return out
 
 
@@ -148,6 +139,53 @@ def main() -> None:
         "torch": torch.__version__,
     }
     write_result(result, args.out)
+
+
+def verdict(variant: Result) -> str:
+    """A default stays if turning it off is slower; an option is a candidate default if it is at least 5% faster
+    and faster in every repetition."""
+    ratio, paired = variant["ratio_vs_default"], variant["paired_ratios"]
+    if variant["on_by_default"]:
+        return "default kept: turning it off is slower" if ratio < 1.0 else "**turning it off is not slower here**"
+    spans = min(paired) <= 1.0 <= max(paired)
+    return "helps: a candidate default" if ratio >= 1.05 and not spans else "no gain here: stays off"
+
+
+def section(r: Result) -> list[str]:
+    lines = [
+        "## Training-path options (each against the defaults, same run)",
+        "",
+        "| option | on by default | img/s | speed vs defaults (median of per-repetition ratios) | warm-up s | verdict |",
+        "|---|---|---|---|---|---|",
+        f"| defaults | | {r['default_img_per_s']:.2f} | 1.00x | {r['default_warmup_seconds']:.1f} | |",
+    ]
+    for v in r["variants"]:
+        paired = v["paired_ratios"]
+        lines.append(row(v["what"], "yes (row = turned off)" if v["on_by_default"] else "no", f"{v['img_per_s']:.2f}",
+                         f"**{v['ratio_vs_default']:.2f}x** (range {min(paired):.2f}-{max(paired):.2f})",
+                         f"{v['warmup_seconds']:.1f}", verdict(v)))
+    p = r["preset"]
+    lines += [
+        "",
+        f"- Device: {r['device']}; the real `Trainer.train_step` (batch from the dataset, loss, backward, clip, AdamW, EMA) "
+        f"of a {p['base_channels']}-channel U-Net at {p['image_size']}x{p['image_size']}, batch {p['batch_size']}; "
+        f"{r['repeats']} interleaved repetitions of {r['steps_per_repeat']} steps after {r['warmup_steps']} warm-up steps "
+        "(compilation happens in the warm-up).",
+    ]
+    if r["device_type"] == "cpu":
+        lines.append("- CPU only: bf16 autocast and the on-device dataset are CUDA options and are measured by this "
+                     "benchmark on a GPU.")
+    return lines
+
+
+BENCHMARK = Benchmark(
+    name="options",
+    title="Training-path options",
+    module="bench.bench_train_options",
+    order=20,
+    section=section,
+    args=Args(quick="--steps 1 --repeats 3 --warmup 1 --batch-size 8", cuda_quick="--steps 1 --repeats 3 --warmup 1"),
+)
 
 
 if __name__ == "__main__":
