@@ -62,7 +62,7 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.])~?/(?:[\w.+~-]+/)+([\w.+~-]+)")
 
 def file_names(value: Any) -> Any:
     """``value`` (a JSON result) with every absolute path in its texts cut to its file name: results must not
-    carry one machine's folders (``/root/.cache/.../weights.pth`` -> ``weights.pth``)."""
+    carry one machine's folders (``/home/me/.cache/.../weights.pth`` -> ``weights.pth``)."""
     if isinstance(value, str):
         return ABSOLUTE_PATH.sub(r"\1", value)
     if isinstance(value, dict):

@@ -27,7 +27,8 @@ from bench._common import resolve_device, write_result
 from bench._markdown import row
 from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator
-from diffusion_core.trainer import build_model, build_schedule
+from diffusion_core.schedules import build_schedule
+from diffusion_core.unet import build_unet
 
 DEFAULT_DATA = Path(os.environ.get("DIFFUSION_SWEEP_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -70,8 +71,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as scratch:
         cfg = eval_config(args, args.cache_dir or scratch)
         torch.manual_seed(0)
-        model = build_model(cfg).to(device)
-        schedule = build_schedule(cfg).to(device)
+        model = build_unet(cfg).to(device)
+        schedule = build_schedule(cfg.diffusion).to(device)
         evaluator = Evaluator(cfg, device)
         start, cpu_start = time.perf_counter(), cpu_seconds()
         evaluator.reference  # noqa: B018 - computes and caches the reference statistics

@@ -96,7 +96,7 @@ def main() -> None:
     net = randomize_zero_init(build_ours(preset)).to(device).eval()
     wrapped = DiffusersStyle(net).eval()
     schedule = NoiseSchedule.create("linear", TIMESTEPS).to(device)
-    settings = SamplerSettings(kind="ddim", steps=args.steps, eta=0.0, clip="none")
+    settings = SamplerSettings(sampler="ddim", sampling_steps=args.steps, eta=0.0, clip="none")
 
     from diffusers import DDIMScheduler
 
@@ -133,7 +133,7 @@ def main() -> None:
 
     # Warm-up: a short run of each (lazy init, cuDNN autotuning); the 5-step scheduler is thrown away.
     with torch.no_grad():
-        sample(net, schedule, x_T, "eps", SamplerSettings(kind="ddim", steps=5, eta=0.0, clip="none"))
+        sample(net, schedule, x_T, "eps", SamplerSettings(sampler="ddim", sampling_steps=5, eta=0.0, clip="none"))
         for t in ddim.timesteps[:5]:
             ddim.step(wrapped(x_T, t).sample, t, x_T, eta=0.0)
     sync(device)

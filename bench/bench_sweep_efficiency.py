@@ -34,7 +34,7 @@ SPACE: dict[str, Any] = {
               "num_heads": {"choice": [1, 2, 4]}, "dropout": {"uniform": [0.0, 0.3]}},
     "diffusion": {"schedule": {"choice": ["linear", "cosine"]}, "timesteps": {"choice": [100, 200, 400]}},
     "train": {"batch_size": 32, "lr": {"loguniform": [1.0e-4, 3.0e-3]}, "warmup_steps": 20,
-              "ema_decay": {"choice": [0.9, 0.95, 0.99]}},
+              "ema_rates": {"choice": [0.9, 0.95, 0.99]}},
     "eval": {"num_samples": 64, "batch_size": 64, "sampler": "ddim", "sampling_steps": 20, "reference_images": 256,
              "kid_subset_size": 64},
     "sweep": {"max_concurrent": 2, "resources_per_trial": {"cpu": 1, "gpu": 0}, "max_failures": 0},
@@ -85,7 +85,7 @@ def by_random_search_size(random: SweepRun, asha: SweepRun, tolerance: float, sm
     return rows
 
 
-def summary(run: SweepRun, max_steps: int) -> dict[str, Any]:
+def run_summary(run: SweepRun, max_steps: int) -> dict[str, Any]:
     full = {r.trial_id for r in run.reports if r.step >= max_steps}
     return {"trials": run.trials, "full_budget_trials": len(full), "trial_steps": run.trial_steps,
             "work_seconds": run.work_seconds, "wall_seconds": run.wall_seconds, "best_fid": run.best_fid, "reports": len(run.reports)}
@@ -116,7 +116,7 @@ def main() -> None:
         "space": {k: v for k, v in random_space.items() if k not in ("name", "sweep")},
         "max_steps": args.max_steps, "grace": args.grace, "reduction_factor": args.reduction_factor,
         "tolerance": args.tolerance, "seed": args.seed,
-        "random": summary(random, args.max_steps), "asha": summary(asha, args.max_steps),
+        "random": run_summary(random, args.max_steps), "asha": run_summary(asha, args.max_steps),
         "target_fid": target, "reached": reached,
         "steps_ratio": reached["steps"] / random.trial_steps if reached else None,
         "work_ratio": reached["work_seconds"] / random.work_seconds if reached else None,
