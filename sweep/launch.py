@@ -96,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         dry_run(cfg)
         return 0
     try:
-        checked = preflight(cfg, address=args.address or os.environ.get("RAY_ADDRESS"), resume=args.resume)
+        address = args.address or os.environ.get("RAY_ADDRESS") or None
+        checked = preflight(cfg, address=address, resume=args.resume)
     except (PreflightError, DatasetError, InceptionWeightsError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PREFLIGHT
     from sweep.runner import run_sweep
 
-    summary = run_sweep(cfg, checked, address=args.address, resume=args.resume)
+    summary = run_sweep(cfg, checked, address=address, resume=args.resume)
     return 0 if summary.trials and summary.best is not None else 1
 
 

@@ -208,7 +208,8 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
             print("computing (or loading) the FID reference statistics once, before the trials start ...", flush=True)
             with Progress() as progress:
                 Evaluator(base, "cpu", progress=progress).reference  # noqa: B018 -- fills the shared on-disk cache
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+        # "local": a Ray of this sweep's own, never whatever cluster `ray start` last recorded on the machine
+        ray.init(address=address or "local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
         tracking = opening.result()
         try:
             results = build_tuner(cfg, base, checked, tracking, resume).fit()
