@@ -7,11 +7,12 @@ with the key path, so a run never starts on a config it cannot finish.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,6 +24,7 @@ from pydantic import (
 from diffusion_core.objectives import PREDICTIONS
 from diffusion_core.samplers import SamplerSettings
 from diffusion_core.schedules import SCHEDULES
+from diffusion_core.yaml_input import parse_yaml, read_yaml_file
 
 DATASET_CHANNELS = {"cifar10": 3, "mnist": 1, "digits": 1, "stl10": 3}
 DATASET_SIZES = {"cifar10": 32, "mnist": 28, "digits": 8, "stl10": 96}
@@ -31,17 +33,52 @@ SEARCH_KINDS = ("choice", "uniform", "loguniform", "int")  # a mapping with one 
 RENAMED_KEYS = {"train.ema_decay": "train.ema_rates (one EMA rate, or a list of them: an EMA bank)"}
 
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 class ConfigError(ValueError):
     """A configuration problem, reported as one line naming the file and the key path."""
 
 
+def _safe_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"{name[:40]!r} is not a safe name: 1-100 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit (it names folders, runs and experiments)")
+    return name
+
+
+def expand_path(text: str) -> Path:
+    """``text`` as a path with ``~`` expanded; a NUL byte, a line break or an unknown ``~user`` is a ValueError."""
+    if any(c in text for c in "\x00\n\r"):
+        raise ValueError("a path must not contain NUL bytes or line breaks")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise ValueError(f"cannot expand {text.split('/', 1)[0]!r}: no such user's home folder") from None
+
+
+def _path_text(text: str) -> str:
+    if "://" not in text:
+        expand_path(text)
+    elif any(c in text for c in "\x00\n\r"):
+        raise ValueError("a URI must not contain NUL bytes or line breaks")
+    return text
+
+
+Name = Annotated[str, AfterValidator(_safe_name)]
+PathText = Annotated[str, AfterValidator(_path_text)]  # a folder or file (``~`` allowed), or a URI
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section: unknown keys refused, strict types (no bool for an int, no string for a bool), finite floats."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
     dataset: Literal["cifar10", "mnist", "digits", "stl10"] = "digits"
-    root: str = DEFAULT_ROOT
+    root: PathText = DEFAULT_ROOT
     download: bool = True
     image_size: int | None = Field(default=None, ge=8, le=256)
     subset: int | None = Field(default=None, ge=1)
@@ -118,7 +155,7 @@ class TrainConfig(Section):
     mixed_precision: bool = True
     channels_last: bool = Field(default=False, description="NHWC memory format for the U-Net and its batches")
     compile: bool = Field(default=False, description="torch.compile the training forward and backward (compiles once per trial)")
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("ema_rates", mode="before")
     @classmethod
@@ -146,17 +183,17 @@ class EvalConfig(SamplerSettings):
     reference_split: Literal["train", "test"] = "test"
     reference_images: int = Field(default=1000, ge=2)
     kid_subset_size: int = Field(default=100, ge=2)
-    inception_weights: str | None = None
-    cache_dir: str = "~/.cache/diffusion-sweep/fid_reference"
+    inception_weights: PathText | None = None
+    cache_dir: PathText = "~/.cache/diffusion-sweep/fid_reference"
     grid_size: int = Field(default=64, ge=1)
-    seed: int = 1234
+    seed: Seed = 1234
 
 
 class RunConfig(Section):
     """One training run: everything a Trainer needs."""
 
-    name: str = "run"
-    output_dir: str = "runs"
+    name: Name = "run"
+    output_dir: PathText = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
@@ -193,19 +230,11 @@ def error_line(source: str | Path, exc: ValidationError) -> str:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping with ``yaml.safe_load``; any problem becomes a one-line ConfigError."""
-    path = Path(path)
+    """The YAML mapping in ``path`` (``yaml_input``'s limits); any problem becomes a one-line ConfigError."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: {where}invalid YAML ({problem})") from None
+        raw = read_yaml_file(expand_path(str(path)))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -224,22 +253,28 @@ def load_run_config(path: str | Path) -> RunConfig:
     return parse_run_config(read_yaml(path), path)
 
 
+def set_value(raw: dict[str, Any], key: str, value: Any, source: str | Path = "--set") -> None:
+    """Set ``key.path`` in a nested mapping to ``value``, creating sections on the way."""
+    node, parts = raw, key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{source}: {key!r}: expected key.path=value")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], assignments: list[str], source: str | Path = "--set") -> dict[str, Any]:
     """Apply ``key.path=value`` assignments (values parsed as YAML) to a nested mapping, in place."""
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key:
-            raise ConfigError(f"{source}: {assignment!r}: expected key.path=value")
+            raise ConfigError(f"{source}: {assignment[:80]!r}: expected key.path=value")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"{source}: {key}: cannot parse value {text!r} as YAML") from None
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{source}: {key}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
+            value = parse_yaml(text)
+        except ValueError:
+            raise ConfigError(f"{source}: {key}: cannot parse value {text[:80]!r} as YAML") from None
+        set_value(raw, key, value, source)
     return raw

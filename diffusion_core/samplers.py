@@ -143,7 +143,7 @@ class SamplerSettings(BaseModel):
     """How samples are drawn from a trained network: the sampling keys of the ``eval`` section, one field each
     (``SAMPLING_KEYS``); the config, its validation, the sampling study and the summaries all derive from it."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     sampler: Literal[tuple(SAMPLERS)] = "ddim"  # type: ignore[valid-type]
     sampling_steps: int = Field(default=50, ge=1)

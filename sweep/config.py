@@ -1,36 +1,49 @@
-"""A sweep file: the run sections of ``diffusion_core.config`` in which any leaf may be a search
-dimension, plus the ``sweep`` and ``tracking`` sections. Everything is validated before Ray starts."""
+"""A sweep file: the run sections of ``diffusion_core.config`` in which any leaf may be a search dimension, plus
+the ``sweep`` and ``tracking`` sections.
+
+Everything is validated before Ray starts, as the run will use it: every dimension is built as Optuna's
+distribution, and the run config is validated for every combination of the values the dimensions can draw
+(``Dimension.probes``: every choice, every drawable int of a short range, the ends of the others), the sampling
+study's dimensions included, so a file that validates never fails in trial 37 for a reason validation could see.
+"""
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
-from diffusion_core.config import SEARCH_KINDS as KINDS
 from diffusion_core.config import (
     ConfigError,
     EvalConfig,
+    Name,
+    PathText,
     RunConfig,
     Section,
+    Seed,
     apply_overrides,
     error_line,
     read_yaml,
+    set_value,
 )
 from diffusion_core.samplers import SAMPLING_KEYS
+from sweep.space import Dimension, find_dimensions, order_dimensions, parse_dimension
 
-DIMENSION_KEYS = set(KINDS) | {"step", "log", "if"}
 RUN_SECTIONS = ("data", "model", "diffusion", "train", "eval")
 SAMPLING_SETTINGS = ("trials", "num_samples", "seed")
+FIXED_KEYS = {"train.max_steps": "it is ASHA's max_t", "eval.every_steps": "it sets the rungs every trial reports at"}
+MAX_COMBINATIONS = 20_000  # beyond it, every combination of up to three dimensions (the others at their first value)
 
 
 class SchedulerConfig(Section):
     type: Literal["asha", "fifo"] = Field(default="asha", description="fifo: no pruning, every trial runs to train.max_steps (the baseline ASHA is measured against)")
     grace_period: int | None = Field(default=None, ge=1, description="training steps before the first prune decision (default: eval.every_steps)")
-    reduction_factor: float = Field(default=3, gt=1)
+    reduction_factor: float = Field(default=3, gt=1, le=100)
 
 
 class ResourcesConfig(Section):
@@ -41,43 +54,19 @@ class ResourcesConfig(Section):
 class SweepSection(Section):
     num_trials: int = Field(default=8, ge=1, le=100_000)
     max_concurrent: int = Field(default=2, ge=1, le=10_000)
-    seed: int = 0
+    seed: Seed = 0
     search: Literal["tpe", "random", "grid"] = Field(
         default="tpe", description="Optuna sampler: TPE after n_startup_trials random ones, random throughout, or every combination of choice dimensions")
-    n_startup_trials: int = Field(default=4, ge=1, description="random trials before TPE takes over")
+    n_startup_trials: int = Field(default=4, ge=1, le=100_000, description="random trials before TPE takes over")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources_per_trial: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    storage_path: str = Field(default_factory=lambda: os.environ.get("DIFFUSION_SWEEP_STORAGE", "~/ray_results"))
-    max_failures: int = Field(default=2, ge=0, description="retries of a failed trial from its last checkpoint")
+    storage_path: PathText = Field(default_factory=lambda: os.environ.get("DIFFUSION_SWEEP_STORAGE", "~/ray_results"))
+    max_failures: int = Field(default=2, ge=0, le=100, description="retries of a failed trial from its last checkpoint")
 
 
 class TrackingSection(Section):
-    tracking_uri: str = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    experiment: str | None = None
-
-
-class Dimension(Section):
-    """One search dimension at ``path``; ``condition`` maps other dimensions' paths to required values."""
-
-    path: str
-    kind: Literal["choice", "uniform", "loguniform", "int"]
-    choices: list[Any] | None = None
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    log: bool = False
-    condition: dict[str, Any] = Field(default_factory=dict)
-
-    def candidates(self) -> list[Any]:
-        """Values that together exercise the whole range: the choices, or both bounds."""
-        if self.kind == "choice":
-            return list(self.choices or [])
-        if self.kind == "int":
-            return [int(self.low), int(self.high)]
-        return [self.low, self.high]
-
-    def active(self, sampled: dict[str, Any]) -> bool:
-        return all(sampled.get(path) == value for path, value in self.condition.items())
+    tracking_uri: PathText = Field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    experiment: Name | None = None
 
 
 class SamplingSearch(Section):
@@ -85,14 +74,14 @@ class SamplingSearch(Section):
     at a trial's final rung (or by ``python -m sweep.tune_sampling``), never by training another model."""
 
     trials: int = Field(default=8, ge=1, le=1000, description="sampling configurations tried per checkpoint")
-    num_samples: int | None = Field(default=None, ge=2, description="samples per configuration (default: eval.num_samples)")
-    seed: int = 0
+    num_samples: int | None = Field(default=None, ge=2, le=1_000_000, description="samples per configuration (default: eval.num_samples)")
+    seed: Seed = 0
     dimensions: list[Dimension] = Field(default_factory=list)
 
 
 class SweepConfig(Section):
-    name: str
-    output_dir: str = "runs"
+    name: Name
+    output_dir: PathText = "runs"
     data: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
     diffusion: dict[str, Any] = Field(default_factory=dict)
@@ -104,20 +93,15 @@ class SweepConfig(Section):
     sampling_search: SamplingSearch | None = Field(default=None, exclude=True)
     source: str = Field(default="<sweep>", exclude=True)
 
-    @model_validator(mode="after")
-    def _name_is_a_path_segment(self) -> SweepConfig:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError("name must be a non-empty file-name-like string (no '/')")
-        return self
-
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
 
     @property
     def grace_period(self) -> int:
-        """ASHA's first rung in training steps: ``sweep.scheduler.grace_period``, else ``eval.every_steps``."""
-        return self.sweep.scheduler.grace_period or self.run_config({}).eval.every_steps
+        """ASHA's first rung in training steps: ``sweep.scheduler.grace_period``, else the first evaluation."""
+        base = self.run_config({})
+        return self.sweep.scheduler.grace_period or min(base.eval.every_steps, base.train.max_steps)
 
     def base_raw(self) -> dict[str, Any]:
         """The run sections with every dimension replaced by its first candidate."""
@@ -149,74 +133,6 @@ def _fail(source: str, path: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: {path}: {message}")
 
 
-def parse_dimension(source: str, path: str, spec: dict[str, Any]) -> Dimension:
-    """``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{int: [lo, hi], step: k}``,
-    each with an optional ``if: {other.path: value}`` condition."""
-    unknown = set(spec) - DIMENSION_KEYS
-    if unknown:
-        raise _fail(source, path, f"unknown search key {sorted(unknown)[0]!r}; use one of {', '.join(KINDS)} with optional step/if")
-    kinds = [k for k in KINDS if k in spec]
-    if len(kinds) != 1:
-        raise _fail(source, path, f"a search dimension needs exactly one of {', '.join(KINDS)}")
-    kind, body = kinds[0], spec[kinds[0]]
-    condition = spec.get("if", {})
-    if not isinstance(condition, dict) or ("if" in spec and not condition):
-        raise _fail(source, f"{path}.if", "expected a mapping {other.key.path: value}")
-    if kind == "choice":
-        if not isinstance(body, list) or not body:
-            raise _fail(source, f"{path}.choice", "expected a non-empty list of values")
-        if "step" in spec:
-            raise _fail(source, f"{path}.step", "step applies to int/uniform ranges, not to choice")
-        return Dimension(path=path, kind=kind, choices=body, condition=condition)
-    if not isinstance(body, list) or len(body) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in body):
-        raise _fail(source, f"{path}.{kind}", "expected [low, high] numbers")
-    low, high = body
-    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-        raise _fail(source, f"{path}.{kind}", f"low {low} must be below high {high}")
-    if kind == "loguniform" and low <= 0:
-        raise _fail(source, f"{path}.loguniform", f"bounds must be > 0 for a log scale, got {low}")
-    if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
-        raise _fail(source, f"{path}.int", "int bounds must be integers")
-    step = spec.get("step")
-    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0 or step > high - low):
-        raise _fail(source, f"{path}.step", f"step must be a number in (0, {high - low}]")
-    return Dimension(path=path, kind=kind, low=low, high=high, step=step, log=kind == "loguniform" or bool(spec.get("log")), condition=condition)
-
-
-def find_dimensions(source: str, raw: dict[str, Any], prefix: str = "") -> list[Dimension]:
-    """Every leaf that is a mapping with a search key, in file order."""
-    found = []
-    for key, value in raw.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and (set(value) & set(KINDS) or "if" in value):
-            found.append(parse_dimension(source, path, value))
-        elif isinstance(value, dict):
-            found.extend(find_dimensions(source, value, f"{path}."))
-    return found
-
-
-def _order_dimensions(source: str, dims: list[Dimension]) -> list[Dimension]:
-    """Unconditional dimensions first; a condition may only refer to a choice dimension sampled before it."""
-    ordered: list[Dimension] = []
-    pending = list(dims)
-    while pending:
-        ready = [d for d in pending if all(p in {o.path for o in ordered} for p in d.condition)]
-        if not ready:
-            d = pending[0]
-            missing = next(p for p in d.condition if p not in {o.path for o in ordered})
-            known = {o.path for o in dims}
-            why = "forms a cycle of conditions" if missing in known else "is not a search dimension"
-            raise _fail(source, f"{d.path}.if", f"condition on {missing!r}, which {why}")
-        for d in ready:
-            for path, value in d.condition.items():
-                parent = next(o for o in dims if o.path == path)
-                if parent.kind != "choice" or value not in parent.candidates():
-                    raise _fail(source, f"{d.path}.if", f"{path} never takes the value {value!r}")
-            ordered.append(d)
-            pending.remove(d)
-    return ordered
-
-
 def parse_sampling_search(source: str, spec: Any, training_dims: list[Dimension]) -> SamplingSearch:
     """``eval.search``: settings (trials, num_samples, seed) and sampling dimensions keyed like ``eval``'s own keys;
     a condition names another sampling dimension by its full path, e.g. ``if: {eval.sampler: ddim}``."""
@@ -230,73 +146,94 @@ def parse_sampling_search(source: str, spec: Any, training_dims: list[Dimension]
         if key not in SAMPLING_KEYS:
             raise _fail(source, f"eval.search.{key}", f"unknown key; sampling dimensions are {', '.join(SAMPLING_KEYS)} "
                         f"and settings {', '.join(SAMPLING_SETTINGS)}")
-        if not (isinstance(value, dict) and set(value) & set(KINDS)):
+        if not (isinstance(value, dict) and set(value) & {"choice", "uniform", "loguniform", "int"}):
             raise _fail(source, f"eval.search.{key}", f"expected a search dimension such as {{choice: [...]}}; a fixed value belongs in eval.{key}")
         if any(d.path == f"eval.{key}" for d in training_dims):
             raise _fail(source, f"eval.search.{key}", f"eval.{key} is already a training dimension; declare it in one place only")
-        dims.append(parse_dimension(source, f"eval.{key}", value))
+        dims.append(parse_dimension(source, f"eval.{key}", value, f"eval.search.{key}"))
     if not dims:
         raise _fail(source, "eval.search", f"declares no sampling dimension; add one of {', '.join(SAMPLING_KEYS)}")
     try:
-        return SamplingSearch.model_validate({**settings, "dimensions": _order_dimensions(source, dims)})
+        return SamplingSearch.model_validate({**settings, "dimensions": order_dimensions(source, dims)})
     except ValidationError as exc:
         first = exc.errors()[0]
         raise _fail(source, "eval.search." + ".".join(str(p) for p in first["loc"]), first["msg"]) from None
 
 
-def _check_every_candidate(cfg: SweepConfig) -> None:
-    """Validate the run config with each candidate of each dimension, so a bad value fails now, not in trial 37."""
-    base = cfg.base_raw()
-    _validate_run(cfg.source, base, None)
-    for dim in cfg.dimensions:
-        for value in dim.candidates():
-            raw = copy.deepcopy(base)
-            for path, required in dim.condition.items():
-                set_path(raw, path, required)
-            set_path(raw, dim.path, value)
-            _validate_run(cfg.source, raw, (dim, value))
-    search = cfg.sampling_search
-    for dim in search.dimensions if search else []:
-        for value in dim.candidates():
-            raw = copy.deepcopy(base)
-            raw["eval"]["num_samples"] = search.num_samples or raw["eval"].get("num_samples", EvalConfig().num_samples)
-            for path, required in dim.condition.items():
-                set_path(raw, path, required)
-            set_path(raw, dim.path, value)
-            _validate_run(cfg.source, raw, (dim, value))
+def _assignments(dims: list[Dimension], fixed: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every combination of the dimensions' probes that their conditions allow (an inactive one keeps ``fixed``'s value)."""
+    if not dims:
+        yield {}
+        return
+    first, rest = dims[0], dims[1:]
+    for chosen in ({first.path: v} for v in first.probes()) if first.active(fixed) else [{}]:
+        for tail in _assignments(rest, {**fixed, **chosen}):
+            yield {**chosen, **tail}
 
 
-def _validate_run(source: str, raw: dict[str, Any], probe: tuple[Dimension, Any] | None) -> None:
+def _combinations(dims: list[Dimension]) -> Iterator[dict[str, Any]]:
+    """All combinations when there are at most ``MAX_COMBINATIONS``, else those of every set of up to three
+    dimensions (with the choice parents their conditions need)."""
+    if math.prod(len(d.probes()) for d in dims) <= MAX_COMBINATIONS:
+        yield from _assignments(dims, {})
+        return
+    by_path = {d.path: d for d in dims}
+    for size in (1, 2, 3):
+        for subset in itertools.combinations(dims, size):
+            parents = {p for d in subset for p in d.condition if by_path[p] not in subset}
+            yield from _assignments([by_path[p] for p in parents] + list(subset), {})
+
+
+def _validate(cfg: SweepConfig, base: dict[str, Any], combination: dict[str, Any]) -> str | None:
+    raw = copy.deepcopy(base)
+    for path, value in combination.items():
+        set_path(raw, path, value)
     try:
         RunConfig.model_validate(raw)
     except ValidationError as exc:
-        line = error_line(source, exc)
-        if probe:
-            dim, value = probe
-            line += f" (when {dim.path} = {value!r}, one of its search values)"
-        raise ConfigError(line) from None
+        return error_line(cfg.source, exc)
+    return None
 
 
-def parse_sweep(raw: dict[str, Any], source: str | Path = "<sweep>") -> SweepConfig:
-    source = str(source)
-    for section in RUN_SECTIONS:
-        if section in raw and not isinstance(raw[section], dict):
-            raise _fail(source, section, f"expected a mapping, got {type(raw[section]).__name__}")
-    sections = {s: raw.get(s, {}) for s in RUN_SECTIONS}
-    sections["eval"] = {k: v for k, v in sections["eval"].items() if k != "search"}
-    dims = _order_dimensions(source, find_dimensions(source, sections))
-    search = parse_sampling_search(source, raw["eval"]["search"], dims) if "search" in raw.get("eval", {}) else None
-    try:
-        cfg = SweepConfig.model_validate({**raw, "dimensions": dims, "sampling_search": search, "source": source})
-    except ValidationError as exc:
-        raise ConfigError(error_line(source, exc)) from None
-    _check_every_candidate(cfg)
-    _check_grid(cfg)
-    return cfg
+def _culprits(cfg: SweepConfig, start: dict[str, Any], dims: list[Dimension], combination: dict[str, Any]) -> dict[str, Any]:
+    """The part of a failing combination that makes it fail: the values without which it passes, and the values
+    their conditions need (the whole combination when that part alone passes)."""
+    needed = {p for p in combination if not _validate(cfg, start, {k: v for k, v in combination.items() if k != p})}
+    needed |= {parent for d in dims if d.path in needed for parent in d.condition}
+    culprit = {p: v for p, v in combination.items() if p in needed}
+    return culprit if _validate(cfg, start, culprit) else combination
 
 
-def _check_grid(cfg: SweepConfig) -> None:
-    """``sweep.search: grid`` runs every combination once: only unconditional choices, and one trial per cell."""
+def _check_space(cfg: SweepConfig) -> None:
+    """Validate the run config for every combination the sweep can draw; the first failing one is reduced to the
+    dimensions that make it fail and named in the error."""
+    base = cfg.base_raw()
+    if error := _validate(cfg, base, {}):
+        raise ConfigError(error)
+    study = cfg.sampling_search
+    passes = [(cfg.dimensions, base)]
+    if study:
+        study_base = copy.deepcopy(base)
+        study_base["eval"]["num_samples"] = study.num_samples or base["eval"].get("num_samples", EvalConfig().num_samples)
+        passes.append((cfg.dimensions + study.dimensions, study_base))
+    for dims, start in passes:
+        for combination in _combinations(dims):
+            if error := _validate(cfg, start, combination):
+                shown = _culprits(cfg, start, dims, combination)
+                when = ", ".join(f"{p} = {v!r}" for p, v in shown.items())
+                raise ConfigError(f"{error} (when {when}: a combination the sweep can draw)" if when else error)
+
+
+def _check_sweep_section(cfg: SweepConfig) -> None:
+    """Settings Ray and Optuna would only reject after the sweep started."""
+    for dim in cfg.dimensions:
+        if dim.path in FIXED_KEYS:
+            raise _fail(cfg.source, dim.path, f"cannot be a search dimension: {FIXED_KEYS[dim.path]}")
+    base = cfg.run_config({})
+    grace = cfg.grace_period
+    if cfg.sweep.scheduler.type == "asha" and grace > base.train.max_steps:
+        raise _fail(cfg.source, "sweep.scheduler.grace_period", f"{grace} steps is beyond train.max_steps {base.train.max_steps}; "
+                    "the first rung must come before the end")
     if cfg.sweep.search != "grid":
         return
     for dim in cfg.dimensions:
@@ -311,5 +248,27 @@ def _check_grid(cfg: SweepConfig) -> None:
                     f"set num_trials: {cells} to run each once")
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
-    return parse_sweep(apply_overrides(read_yaml(path), overrides or [], source=f"{path} (--set)"), path)
+def parse_sweep(raw: dict[str, Any], source: str | Path = "<sweep>") -> SweepConfig:
+    source = str(source)
+    for section in RUN_SECTIONS:
+        if section in raw and not isinstance(raw[section], dict):
+            raise _fail(source, section, f"expected a mapping, got {type(raw[section]).__name__}")
+    sections = {s: raw.get(s, {}) for s in RUN_SECTIONS}
+    sections["eval"] = {k: v for k, v in sections["eval"].items() if k != "search"}
+    dims = order_dimensions(source, find_dimensions(source, sections))
+    search = parse_sampling_search(source, raw["eval"]["search"], dims) if "search" in raw.get("eval", {}) else None
+    try:
+        cfg = SweepConfig.model_validate({**raw, "dimensions": dims, "sampling_search": search, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(error_line(source, exc)) from None
+    _check_space(cfg)
+    _check_sweep_section(cfg)
+    return cfg
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None, values: dict[str, Any] | None = None) -> SweepConfig:
+    """The sweep file at ``path`` with ``--set`` ``overrides`` (YAML text) and ``values`` (key path -> value) applied."""
+    raw = apply_overrides(read_yaml(path), overrides or [], source=f"{path} (--set)")
+    for key, value in (values or {}).items():
+        set_value(raw, key, value, path)
+    return parse_sweep(raw, path)

@@ -7,16 +7,17 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
+from typing import Any
 
 import yaml
 
-from diffusion_core.config import ConfigError
+from diffusion_core.config import ConfigError, expand_path
 from diffusion_core.data import DatasetError
 from diffusion_core.inception_weights import InceptionWeightsError
-from sweep.config import Dimension, SweepConfig, load_sweep
+from sweep.config import SweepConfig, load_sweep
 from sweep.preflight import PreflightError, preflight
-from sweep.space import sample_configs
+from sweep.space import Dimension, sample_configs
+from sweep.uris import redact
 
 EXIT_CONFIG, EXIT_PREFLIGHT = 2, 1
 
@@ -34,17 +35,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace) -> SweepConfig:
-    overrides = list(args.overrides)
+    """The sweep file with the command line's overrides, its local paths made absolute (trials run elsewhere)."""
+    values: dict[str, Any] = {}
     if args.num_trials is not None:
-        overrides.append(f"sweep.num_trials={args.num_trials}")
-    if args.storage_path:
-        overrides.append(f"sweep.storage_path={args.storage_path}")
-    cfg = load_sweep(args.space, overrides)
+        values["sweep.num_trials"] = args.num_trials
+    if args.storage_path is not None:
+        if not args.storage_path.strip():
+            raise ConfigError("--storage-path: empty (an unset variable?); give a folder, or s3://BUCKET/PATH on a cluster")
+        values["sweep.storage_path"] = args.storage_path
+    cfg = load_sweep(args.space, args.overrides, values)
     for section, leaf in (("data", "root"), ("eval", "cache_dir"), ("eval", "inception_weights")):
-        values = getattr(cfg, section)
-        if isinstance(values.get(leaf), str) and "://" not in values[leaf]:
-            values[leaf] = str(Path(values[leaf]).expanduser().resolve())
-    cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
+        found = getattr(cfg, section)
+        if isinstance(found.get(leaf), str) and "://" not in found[leaf]:
+            found[leaf] = str(expand_path(found[leaf]).resolve())
+    cfg.output_dir = str(expand_path(cfg.output_dir).resolve())
     return cfg
 
 
@@ -81,7 +85,7 @@ def dry_run(cfg: SweepConfig) -> None:
     for params in sample_configs(cfg.dimensions, 3, cfg.sweep.seed):
         cfg.run_config(params)
         print("  " + json.dumps(params))
-    print(f"\nMLflow: {cfg.tracking.tracking_uri} (experiment {cfg.experiment!r}); Ray results: {cfg.sweep.storage_path}")
+    print(f"\nMLflow: {redact(cfg.tracking.tracking_uri)} (experiment {cfg.experiment!r}); Ray results: {cfg.sweep.storage_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    from sweep.runner import build_search, run_sweep
+
+    try:
+        build_search(cfg, cfg.run_config({}))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -101,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     except (PreflightError, DatasetError, InceptionWeightsError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PREFLIGHT
-    from sweep.runner import run_sweep
-
     summary = run_sweep(cfg, checked, address=address, resume=args.resume)
     return 0 if summary.trials and summary.best is not None else 1
 

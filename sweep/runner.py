@@ -20,7 +20,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 from rich.progress import Progress
 
-from diffusion_core.config import RunConfig
+from diffusion_core.config import ConfigError, RunConfig
 from diffusion_core.evaluate import Evaluator
 from sweep.config import SweepConfig
 from sweep.interpolations import log_best_interpolations
@@ -32,6 +32,7 @@ from sweep.report.text import print_summary
 from sweep.space import categorical_label, make_space
 from sweep.tracking import TRIAL_TAG, TrackedRun, Tracker, open_tracker
 from sweep.trainable import run_trial
+from sweep.uris import redact
 
 METRIC, MODE = "fid", "min"
 
@@ -102,6 +103,17 @@ def make_scheduler(cfg: SweepConfig, base: RunConfig) -> TrialScheduler:
     )
 
 
+def build_search(cfg: SweepConfig, base: RunConfig) -> tuple[ConcurrencyLimiter, TrialScheduler]:
+    """The searcher (Optuna behind a concurrency limit) and the scheduler exactly as the run uses them; Ray's and
+    Optuna's own argument checks run here, so ``--dry-run`` meets them too (one ConfigError line)."""
+    try:
+        searcher = RungAwareOptunaSearch(space=make_space(cfg.dimensions), metric=METRIC, mode=MODE,
+                                         max_step=base.train.max_steps, sampler=make_sampler(cfg))
+        return ConcurrencyLimiter(searcher, cfg.sweep.max_concurrent), make_scheduler(cfg, base)
+    except (ValueError, AssertionError, TypeError) as exc:
+        raise ConfigError(f"{cfg.source}: sweep: Ray or Optuna refuses the search ({str(exc).splitlines()[0] or type(exc).__name__})") from None
+
+
 @dataclass
 class SweepTracking:
     """The sweep in the tracker: the store, the sweep's experiment and its parent run."""
@@ -121,8 +133,7 @@ def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracking: S
     if resume:
         return tune.Tuner.restore(checked.experiment_path, trainable, resume_unfinished=True, resume_errored=True)
     max_steps = base.train.max_steps
-    searcher = RungAwareOptunaSearch(space=make_space(cfg.dimensions), metric=METRIC, mode=MODE, max_step=max_steps,
-                                     sampler=make_sampler(cfg))
+    searcher, scheduler = build_search(cfg, base)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's default console output ignores progress_reporter
     reporter = tune.CLIReporter(
         metric_columns={"step": "step", "fid": "last FID", "best_fid": "best FID", "kid": "KID", "loss": "loss"},
@@ -131,7 +142,7 @@ def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracking: S
     reporter.set_search_properties(METRIC, MODE)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, cfg.sweep.max_concurrent), scheduler=make_scheduler(cfg, base),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=cfg.sweep.num_trials, reuse_actors=True),
         run_config=tune.RunConfig(
             name=cfg.name, storage_path=checked.storage_path, progress_reporter=reporter, verbose=1,
@@ -178,7 +189,7 @@ def write_up(cfg: SweepConfig, checked: Checked, tracking: SweepTracking, sweep:
     settle_orphans(tracking, sweep)
     finish_parent(tracking, sweep)
     log_best_interpolations(tracking.tracker, sweep)
-    uri = tracking.tracker.uri
+    uri = redact(tracking.tracker.uri)
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
     print_summary(sweep, [f"Ray results: {checked.experiment_path}",
                           f"MLflow: {uri}, experiment {cfg.experiment!r}, parent run {tracking.parent.run_id}",
@@ -194,7 +205,9 @@ def open_tracking(cfg: SweepConfig, checked: Checked, resume: bool) -> SweepTrac
     parent = tracker.start_sweep(experiment_id, cfg.name, resume, {"source_file": cfg.source, "inception_weights_sha256": checked.weights.sha256})
     if not resume:
         parent.log_text(Path(cfg.source).read_text(), "search_space.yaml")
-        parent.log_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False), RESOLVED_SPACE)
+        resolved = cfg.model_dump()
+        resolved["tracking"]["tracking_uri"] = redact(resolved["tracking"]["tracking_uri"])
+        parent.log_text(yaml.safe_dump(resolved, sort_keys=False), RESOLVED_SPACE)
     return SweepTracking(tracker, experiment_id, parent)
 
 

@@ -26,6 +26,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from sweep.uris import redact
+
 T = TypeVar("T")
 SWEEP_TAG = "diffusion_sweep.name"
 TRIAL_TAG = "diffusion_sweep.trial_id"
@@ -111,7 +113,7 @@ def check_reachable(uri: str, source: str = "tracking.tracking_uri") -> None:
         try:
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
         except (urllib.error.URLError, OSError) as exc:
-            raise TrackingError(f"{source}: MLflow server {uri} is unreachable ({getattr(exc, 'reason', exc)}); start it or fix the URI") from None
+            raise TrackingError(f"{source}: MLflow server {redact(uri)} is unreachable ({getattr(exc, 'reason', exc)}); start it or fix the URI") from None
 
 
 def retrying(call: Callable[[], T], attempts: int = 8) -> T:
@@ -240,17 +242,17 @@ class MlflowTracker:
         """The latest parent run of sweep ``name`` in ``experiment``."""
         exp = retrying(lambda: self.client.get_experiment_by_name(experiment))
         if exp is None:
-            raise TrackingError(f"no sweep {name!r}: no MLflow experiment {experiment!r} in {self.uri} (pass --experiment or --tracking-uri)")
+            raise TrackingError(f"no sweep {name!r}: no MLflow experiment {experiment!r} in {redact(self.uri)} (pass --experiment or --tracking-uri)")
         runs = self._search([exp.experiment_id], f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{PARENT_TAG}` IS NULL", 1)
         if not runs:
-            raise TrackingError(f"no sweep {name!r} in experiment {experiment!r} of {self.uri}")
+            raise TrackingError(f"no sweep {name!r} in experiment {experiment!r} of {redact(self.uri)}")
         return runs[0]
 
     def get_run(self, run_id: str) -> RunRecord:
         try:
             return _record(retrying(lambda: self.client.get_run(run_id)))
         except MlflowException:
-            raise TrackingError(f"{run_id}: no such run in {self.uri}") from None
+            raise TrackingError(f"{run_id}: no such run in {redact(self.uri)}") from None
 
     def children(self, parent: RunRecord) -> list[RunRecord]:
         """The trial runs of a sweep, oldest first."""
@@ -279,7 +281,7 @@ class MlflowTracker:
         try:
             return Path(retrying(lambda: self.client.download_artifacts(run_id, path, str(folder))))
         except (MlflowException, OSError):
-            raise TrackingError(f"run {run_id}: no artifact {path!r} in {self.uri}") from None
+            raise TrackingError(f"run {run_id}: no artifact {path!r} in {redact(self.uri)}") from None
 
     def find_trial(self, key: str) -> RunRecord:
         """A trial's run from its run id or its Ray Tune trial id."""
@@ -290,7 +292,7 @@ class MlflowTracker:
         experiments = [e.experiment_id for e in retrying(lambda: self.client.search_experiments())]
         runs = self._search(experiments, f"tags.`{TRIAL_TAG}` = '{key}'", 1) if experiments else []
         if not runs:
-            raise TrackingError(f"{key}: no MLflow run or trial with this id in {self.uri} (pass --tracking-uri?)")
+            raise TrackingError(f"{key}: no MLflow run or trial with this id in {redact(self.uri)} (pass --tracking-uri?)")
         return runs[0]
 
 

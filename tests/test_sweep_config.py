@@ -32,7 +32,7 @@ BAD_FILES = [
     ("unknown sampler", "name: x\neval: {sampler: euler}\n", "eval.sampler"),
     ("heads do not divide", "name: x\nmodel: {base_channels: 16, num_heads: {choice: [2, 3]}}\n", "num_heads=3 does not divide"),
     ("negative dropout", "name: x\nmodel: {dropout: {uniform: [-0.1, 0.2]}}\n", "model.dropout"),
-    ("ema rate 1", "name: x\ntrain: {ema_decay: {choice: [0.999, 1.0]}}\n", "train.ema_rates"),
+    ("ema rate 1", "name: x\ntrain: {ema_rates: {choice: [0.999, 1.0]}}\n", "train.ema_rates"),
     ("absurd resources", "name: x\nsweep: {resources_per_trial: {cpu: 100000}}\n", "sweep.resources_per_trial.cpu"),
     ("python object tag", "name: !!python/object/apply:os.system ['echo pwned']\n", "invalid YAML"),
     ("condition on unknown", "name: x\ndiffusion: {cosine_s: {uniform: [0.001, 0.01], if: {diffusion.shedule: cosine}}}\n", "diffusion.cosine_s.if"),
@@ -46,7 +46,7 @@ BAD_FILES = [
     ("sampling search without dimensions", "name: x\neval: {search: {trials: 4}}\n", "eval.search: declares no sampling dimension"),
     ("sampling search zero trials", "name: x\neval: {search: {trials: 0, eta: {uniform: [0, 1]}}}\n", "eval.search.trials"),
     ("sampling steps above T in search", "name: x\ndiffusion: {timesteps: 50}\neval: {search: {sampling_steps: {int: [10, 80]}}}\n",
-     "when eval.sampling_steps = 80"),
+     "when eval.sampling_steps = 79: a combination the sweep can draw"),
     ("sampling dimension twice", "name: x\neval: {eta: {uniform: [0, 1]}, search: {eta: {uniform: [0, 1]}}}\n",
      "eval.search.eta: eval.eta is already a training dimension"),
 ]

@@ -20,6 +20,7 @@ from sweep.tracking import (
     open_tracker,
     resolve_tracking_uri,
 )
+from sweep.uris import redact
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-            raise TrackingError(f"no MLflow store at {uri}; pass --tracking-uri")
+            raise TrackingError(f"no MLflow store at {redact(uri)}; pass --tracking-uri")
         check_reachable(uri, "--tracking-uri")
         tracker = open_tracker(uri)
         sweep, cfg = from_tracker(tracker, args.experiment or args.name, args.name)

@@ -15,9 +15,8 @@ from typing import Any
 import optuna
 from scipy.stats import spearmanr
 
-from sweep.config import Dimension
 from sweep.report.model import Sweep, Trial
-from sweep.space import categorical_label, distribution
+from sweep.space import Dimension, categorical_label, distribution
 
 MIN_TRIALS = 3
 
