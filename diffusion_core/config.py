@@ -11,15 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffusion_core.objectives import PREDICTIONS
 from diffusion_core.samplers import SamplerSettings
@@ -29,6 +21,11 @@ from diffusion_core.yaml_input import parse_yaml, read_yaml_file
 DATASET_CHANNELS = {"cifar10": 3, "mnist": 1, "digits": 1, "stl10": 3}
 DATASET_SIZES = {"cifar10": 32, "mnist": 28, "digits": 8, "stl10": 96}
 DEFAULT_ROOT = "~/.cache/diffusion-sweep/data"
+LOCATION_KEYS = {  # where things are, not what a run does: a continued run may find them elsewhere
+    "data.root": "the dataset's folder", "data.download": "whether a missing dataset is downloaded",
+    "eval.cache_dir": "the reference-statistics cache", "eval.inception_weights": "the FID weights' file (checked by sha256)",
+    "output_dir": "the folder of single runs",
+}
 SEARCH_KINDS = ("choice", "uniform", "loguniform", "int")  # a mapping with one of these keys is a search dimension
 RENAMED_KEYS = {"train.ema_decay": "train.ema_rates (one EMA rate, or a list of them: an EMA bank)"}
 
@@ -251,6 +248,23 @@ def parse_run_config(raw: dict[str, Any], source: str | Path = "<config>") -> Ru
 
 def load_run_config(path: str | Path) -> RunConfig:
     return parse_run_config(read_yaml(path), path)
+
+
+def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Key path -> (old value, new value) for every leaf that differs between two nested mappings."""
+    before, after = flatten(old), flatten(new)
+    return {k: (before.get(k), after.get(k)) for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)}
 
 
 def set_value(raw: dict[str, Any], key: str, value: Any, source: str | Path = "--set") -> None:

@@ -13,12 +13,7 @@ from torchvision.utils import make_grid
 
 from diffusion_core.config import RunConfig
 from diffusion_core.data import load_images, to_uint8, to_unit_range
-from diffusion_core.metrics import (
-    InceptionFeatures,
-    ReferenceCache,
-    ReferenceStats,
-    fid_kid,
-)
+from diffusion_core.metrics import InceptionFeatures, ReferenceCache, ReferenceStats, fid_kid
 from diffusion_core.samplers import SamplerSettings, sample
 from diffusion_core.schedules import NoiseSchedule
 

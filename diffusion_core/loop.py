@@ -3,27 +3,35 @@ EMA of the bank on the fixed initial noises, keep the minimum-FID model (DDPM re
 course of training") and the last trainer checkpoint, and hand each rung to a callback.
 
 ``python -m diffusion_core.train`` and the Ray Tune trainable are adapters over it: one writes files and a
-progress bar, the other reports to Tune and the tracker. Both write the same two files into the loop's folder:
-``checkpoint_last.pt`` (a trainer checkpoint, to continue) and ``checkpoint_best.pt`` (a model file).
+progress bar, the other reports to Tune and the tracker. Both write the same files into the loop's folder:
+``checkpoint_last.pt`` (a trainer checkpoint, to continue), ``checkpoint_best.pt`` (a model file) and a sample grid
+per rung (``samples_<step>.png``).
 """
 from __future__ import annotations
 
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torchvision.io import write_png
 
 from diffusion_core.checkpoint import save_model
+from diffusion_core.config import LOCATION_KEYS
 from diffusion_core.evaluate import BankEvaluation, Evaluator, evaluate_bank
 from diffusion_core.trainer import Trainer
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
+
+
+def samples_file(step: int) -> str:
+    """The name of a rung's sample grid (the first samples of the bank's best EMA, from the fixed noises)."""
+    return f"samples_{step:07d}.png"
 
 
 @dataclass
@@ -74,13 +82,13 @@ class RungLoop:
         self.extra = dict(extra or {})
         self.best = Best()
 
-    def restore(self, source: str | Path | None = None) -> bool:
-        """Continue from ``source``'s ``LAST`` (default: this loop's folder); copies its ``BEST`` here. False when
-        there is nothing to continue from."""
+    def restore(self, source: str | Path | None = None, may_change: Collection[str] = LOCATION_KEYS) -> bool:
+        """Continue from ``source``'s ``LAST`` (default: this loop's folder) if its run config differs from this one's
+        only in ``may_change``; copies its ``BEST`` here. False when there is nothing to continue from."""
         source = Path(source) if source is not None else self.folder
         if not (source / LAST).is_file():
             return False
-        extra = self.trainer.load_checkpoint(source / LAST)
+        extra = self.trainer.load_checkpoint(source / LAST, may_change)
         self.best = Best(**extra.pop("best", {}))
         self.extra = {**extra, **self.extra}
         if source.resolve() != self.folder.resolve() and (source / BEST).is_file():
@@ -106,6 +114,7 @@ class RungLoop:
             self.best = Best(step, result.fid, result.kid, evaluation.best_rate)
             save_model(self.folder / BEST, models[evaluation.best_rate].state_dict(), self.trainer.cfg,
                        {**asdict(self.best), "kid_std": result.kid_std})
+        write_png(result.grid, str(self.folder / samples_file(step)))
         self.trainer.save_checkpoint(self.folder / LAST, extra={**self.extra, "best": asdict(self.best)})
         final = step >= self.trainer.cfg.train.max_steps
         return Rung(step, losses, train_seconds, evaluation, self.best, improved, final, models[evaluation.best_rate])

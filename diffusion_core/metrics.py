@@ -30,11 +30,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from diffusion_core.checkpoint import write_atomic
-from diffusion_core.inception_weights import (
-    InceptionWeights,
-    fid_inception_skeleton,
-    resolve_inception_weights,
-)
+from diffusion_core.inception_weights import InceptionWeights, fid_inception_skeleton, resolve_inception_weights
 
 log = logging.getLogger(__name__)
 

@@ -14,25 +14,10 @@ import math
 import sys
 from pathlib import Path
 
-from PIL import Image
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from torch import Tensor
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffusion_core.checkpoint import CheckpointError
-from diffusion_core.config import (
-    SEARCH_KINDS,
-    ConfigError,
-    RunConfig,
-    apply_overrides,
-    parse_run_config,
-    read_yaml,
-)
+from diffusion_core.config import LOCATION_KEYS, SEARCH_KINDS, ConfigError, RunConfig, apply_overrides, parse_run_config, read_yaml
 from diffusion_core.data import DatasetError
 from diffusion_core.evaluate import Evaluator
 from diffusion_core.inception_weights import InceptionWeightsError
@@ -59,10 +44,6 @@ def load_config(path: str, overrides: list[str]) -> RunConfig:
     return parse_run_config(raw, path)
 
 
-def save_png(grid: Tensor, path: Path) -> None:
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
-
-
 def progress_bar() -> Progress:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn())
     return Progress(*columns)
@@ -75,7 +56,7 @@ def run(cfg: RunConfig) -> Best:
     trainer = Trainer(cfg)
     progress = progress_bar()
     loop = RungLoop(trainer, Evaluator(cfg, trainer.device, progress=progress), out)
-    if loop.restore():
+    if loop.restore(may_change={*LOCATION_KEYS, "train.max_steps"}):
         print(f"continuing {out / LAST} at step {trainer.step}")
     print(f"model: {trainer.model.num_parameters():,} parameters on {trainer.device}; {loop.evaluator.features.describe()}")
     with progress, (out / "metrics.jsonl").open("a") as metrics_log:
@@ -85,7 +66,6 @@ def run(cfg: RunConfig) -> Best:
             record = {"step": rung.step, **rung.metrics()}
             metrics_log.write(json.dumps(record) + "\n")
             metrics_log.flush()
-            save_png(rung.evaluation.best.grid, out / f"samples_{rung.step:07d}.png")
             progress.update(task, completed=rung.step, status=f"loss {record['loss']:.4f} FID {record['fid']:.2f} KID {record['kid']:.4f}")
 
         best = loop.run(write)

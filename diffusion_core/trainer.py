@@ -2,7 +2,8 @@
 memory format and ``torch.compile``, seeded data order, exact checkpoint/restore. Knows nothing of Ray or MLflow."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from diffusion_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from diffusion_core.config import RunConfig, TrainConfig
+from diffusion_core.config import LOCATION_KEYS, ConfigError, RunConfig, TrainConfig, changed_keys
 from diffusion_core.data import BatchOrder, ImageData, load_images, to_unit_range
 from diffusion_core.ema import EMABank
 from diffusion_core.objectives import diffusion_loss, sample_timesteps
@@ -147,9 +148,17 @@ class Trainer:
         """A trainer checkpoint of this run; ``extra`` holds the caller's state (the rung loop's)."""
         return save_checkpoint({**self.state_dict(), "extra": extra or {}}, path, "trainer")
 
-    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore everything from ``path``; returns the checkpoint's ``extra`` mapping."""
+    def load_checkpoint(self, path: str | Path, may_change: Collection[str] = LOCATION_KEYS) -> dict[str, Any]:
+        """Restore everything from ``path``; returns the checkpoint's ``extra`` mapping. A checkpoint of a run whose
+        config differs from this one's in any key outside ``may_change`` is a ConfigError listing the differences
+        (continuing it would report another model's FID as this run's)."""
         state = load_checkpoint(path, ("trainer",))
+        changes = changed_keys(json.loads(state["config"]), json.loads(self.cfg.model_dump_json()))
+        refused = {k: v for k, v in changes.items() if k not in may_change}
+        if refused:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(refused.items())[:6])
+            raise ConfigError(f"{path}: continues a run trained with another config ({listed}); undo the change, or "
+                              f"use another name or output_dir (may change: {', '.join(sorted(may_change))})")
         try:
             self.load_state_dict(state)
         except (KeyError, ValueError, RuntimeError) as exc:

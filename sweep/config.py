@@ -33,6 +33,7 @@ from diffusion_core.config import (
 )
 from diffusion_core.samplers import SAMPLING_KEYS
 from sweep.space import Dimension, find_dimensions, order_dimensions, parse_dimension
+from sweep.uris import redact
 
 RUN_SECTIONS = ("data", "model", "diffusion", "train", "eval")
 SAMPLING_SETTINGS = ("trials", "num_samples", "seed")
@@ -92,6 +93,13 @@ class SweepConfig(Section):
     dimensions: list[Dimension] = Field(default_factory=list, exclude=True)
     sampling_search: SamplingSearch | None = Field(default=None, exclude=True)
     source: str = Field(default="<sweep>", exclude=True)
+
+    def resolved(self) -> dict[str, Any]:
+        """The file as the driver resolved it, as it is stored (beside the Ray results, on the parent run):
+        credentials in the tracking URI redacted."""
+        out = self.model_dump(mode="json")
+        out["tracking"]["tracking_uri"] = redact(out["tracking"]["tracking_uri"])
+        return out
 
     @property
     def experiment(self) -> str:

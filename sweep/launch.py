@@ -9,14 +9,17 @@ import os
 import sys
 from typing import Any
 
+import optuna
 import yaml
 
 from diffusion_core.config import ConfigError, expand_path
 from diffusion_core.data import DatasetError
 from diffusion_core.inception_weights import InceptionWeightsError
 from sweep.config import SweepConfig, load_sweep
-from sweep.preflight import PreflightError, preflight
+from sweep.preflight import PreflightError, preflight, storage_location
+from sweep.runner import build_search, run_sweep
 from sweep.space import Dimension, sample_configs
+from sweep.sweep_state import SweepLockedError, sweep_lock
 from sweep.uris import redact
 
 EXIT_CONFIG, EXIT_PREFLIGHT = 2, 1
@@ -91,14 +94,9 @@ def dry_run(cfg: SweepConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         cfg = load(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    from sweep.runner import build_search, run_sweep
-
-    try:
         build_search(cfg, cfg.run_config({}))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -106,14 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         dry_run(cfg)
         return 0
+    return start(cfg, args.address or os.environ.get("RAY_ADDRESS") or None, args.resume)
+
+
+def start(cfg: SweepConfig, address: str | None, resume: bool) -> int:
+    """Preflight and run the sweep under its lock (one driver per sweep name); 0 when a trial produced a result."""
     try:
-        address = args.address or os.environ.get("RAY_ADDRESS") or None
-        checked = preflight(cfg, address=address, resume=args.resume)
-    except (PreflightError, DatasetError, InceptionWeightsError, ConfigError) as exc:
+        storage, experiment = storage_location(cfg)
+        with sweep_lock(storage, cfg.name):
+            checked = preflight(cfg, address, resume, storage, experiment)
+            sweep = run_sweep(cfg, checked, address=address, resume=resume)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (PreflightError, SweepLockedError, DatasetError, InceptionWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_PREFLIGHT
-    summary = run_sweep(cfg, checked, address=address, resume=args.resume)
-    return 0 if summary.trials and summary.best is not None else 1
+    return 0 if sweep.trials and sweep.best is not None else 1
 
 
 if __name__ == "__main__":

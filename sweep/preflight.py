@@ -3,15 +3,21 @@ Each failure is one line naming the key and the fix."""
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from ray import tune
+from ray._common.utils import get_default_ray_temp_dir
 
+from diffusion_core.config import expand_path
 from diffusion_core.data import load_images
 from diffusion_core.inception_weights import InceptionWeights, resolve_inception_weights
 from sweep.config import SweepConfig
+from sweep.sweep_state import resume_changes, save_sweep_file
 from sweep.tracking import TrackingError, check_reachable, resolve_tracking_uri
 
 
@@ -25,29 +31,40 @@ class Checked:
     storage_path: str
     experiment_path: str
     weights: InceptionWeights
+    resume_changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def _is_remote(path: str) -> bool:
     return "://" in path
 
 
-def check_storage(cfg: SweepConfig, resume: bool) -> tuple[str, str]:
+def storage_location(cfg: SweepConfig) -> tuple[str, str]:
+    """(storage root, experiment path) of the sweep; a local root must be writable."""
     storage = cfg.sweep.storage_path
     if _is_remote(storage):
         return storage, f"{storage.rstrip('/')}/{cfg.name}"
-    root = Path(storage).expanduser().resolve()
+    root = expand_path(storage).resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root):
             pass
     except OSError as exc:
         raise PreflightError(f"{cfg.source}: sweep.storage_path: cannot write to {root} ({exc.strerror}); choose a writable folder or pass --storage-path") from None
-    experiment = root / cfg.name
-    if experiment.exists() and not resume:
+    return str(root), str(root / cfg.name)
+
+
+def check_experiment(cfg: SweepConfig, experiment: str, resume: bool) -> dict[str, tuple[Any, Any]]:
+    """A new sweep must not exist yet; a resumed one must, with the same file except for ``SAFE_ON_RESUME`` keys
+    (returned, to be recorded). Run under the sweep's lock, so that two launches cannot both pass."""
+    exists = tune.Tuner.can_restore(experiment)
+    if exists and not resume:
         raise PreflightError(f"{cfg.source}: name: a sweep named {cfg.name!r} already exists at {experiment}; pass --resume to continue it, or choose another name")
-    if resume and not experiment.exists():
+    if resume and not exists:
         raise PreflightError(f"{cfg.source}: name: --resume, but no sweep {cfg.name!r} exists at {experiment}")
-    return str(root), str(experiment)
+    if resume:
+        return resume_changes(experiment, cfg.resolved(), cfg.source)
+    save_sweep_file(experiment, cfg.resolved())
+    return {}
 
 
 def check_tracking(cfg: SweepConfig) -> str:
@@ -63,6 +80,25 @@ def check_tracking(cfg: SweepConfig) -> str:
     return uri
 
 
+def check_address(address: str | None) -> None:
+    """A cluster to join must answer within seconds (``ray.init`` itself retries an unreachable one for minutes)."""
+    if address is None:
+        return
+    target = address
+    if address == "auto":
+        recorded = Path(get_default_ray_temp_dir()) / "ray_current_cluster"
+        if not recorded.is_file():
+            raise PreflightError("--address auto: no running Ray cluster is recorded on this machine; start one with "
+                                 "`ray start --head`, give HOST:PORT, or leave --address out to run locally")
+        target = recorded.read_text().strip()
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port or 6379)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise PreflightError(f"--address {address}: no Ray cluster answers at {target} ({getattr(exc, 'strerror', None) or exc}); "
+                             "start it or open the tunnel, or leave --address out to run locally") from None
+
+
 def check_resources(cfg: SweepConfig, local: bool) -> None:
     wanted = cfg.sweep.resources_per_trial
     if not local:
@@ -75,11 +111,14 @@ def check_resources(cfg: SweepConfig, local: bool) -> None:
         raise PreflightError(f"{cfg.source}: sweep.resources_per_trial.gpu: {wanted.gpu} GPUs per trial, but this machine has {have}; set gpu: 0 or pass --address of a GPU cluster")
 
 
-def preflight(cfg: SweepConfig, address: str | None, resume: bool) -> Checked:
+def preflight(cfg: SweepConfig, address: str | None, resume: bool, storage: str, experiment: str) -> Checked:
+    """Everything checked before Ray starts (under the sweep's lock): resources, the experiment folder and, on
+    ``--resume``, the file's changes, the tracking store, the dataset and the FID weights."""
+    check_address(address)
     check_resources(cfg, local=address is None)
-    storage, experiment = check_storage(cfg, resume)
+    changes = check_experiment(cfg, experiment, resume)
     uri = check_tracking(cfg)
     base = cfg.run_config({})
     load_images(base.data, train=True)
     weights = resolve_inception_weights(base.eval.inception_weights)
-    return Checked(uri, storage, experiment, weights)
+    return Checked(uri, storage, experiment, weights, changes)

@@ -3,6 +3,7 @@ the tracker; the summary at the end."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ import ray
 import yaml
 from optuna.trial import TrialState
 from ray import tune
+from ray.tune import ResultGrid
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
@@ -25,6 +27,7 @@ from diffusion_core.evaluate import Evaluator
 from sweep.config import SweepConfig
 from sweep.interpolations import log_best_interpolations
 from sweep.preflight import Checked
+from sweep.replay import replay
 from sweep.report.collect import RESOLVED_SPACE, from_results
 from sweep.report.model import Sweep, outcome
 from sweep.report.publish import report_after_sweep
@@ -35,6 +38,7 @@ from sweep.trainable import run_trial
 from sweep.uris import redact
 
 METRIC, MODE = "fid", "min"
+log = logging.getLogger(__name__)
 
 
 class RungAwareOptunaSearch(OptunaSearch):
@@ -73,7 +77,10 @@ class TrialStatusCallback(tune.Callback):
         step = int(result.get("step", 0))
         label = outcome(step, self.max_steps, error)
         reason = str(getattr(trial, "error_message", "") or "")[-2000:] if error else (f"stopped by ASHA at step {step}" if label == "pruned" else None)
-        open_tracker(self.tracking_uri).run(run_id).finish(label, reason)
+        try:
+            open_tracker(self.tracking_uri).run(run_id).finish(label, reason)
+        except Exception as exc:  # Ray re-raises a callback's error and ends the sweep: the write-up settles it instead
+            log.warning("trial %s: status not recorded (%s); set when the sweep is written up", trial.trial_id, str(exc).splitlines()[0][:200])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._settle(trial, error=False)
@@ -183,18 +190,24 @@ def finish_parent(tracking: SweepTracking, sweep: Sweep) -> None:
     tracking.parent.finish("completed")
 
 
-def write_up(cfg: SweepConfig, checked: Checked, tracking: SweepTracking, sweep: Sweep) -> None:
-    """Close the parent run with the sweep's outcome, log the best trial's interpolation grids, print the
-    summary and write the HTML report."""
-    settle_orphans(tracking, sweep)
-    finish_parent(tracking, sweep)
-    log_best_interpolations(tracking.tracker, sweep)
+def write_up(cfg: SweepConfig, checked: Checked, tracking: SweepTracking, sweep: Sweep, results: ResultGrid) -> None:
+    """Deliver what the trials could not send, close the trial runs and the parent run with the sweep's outcome, log
+    the best trial's interpolation grids, write the HTML report and print the summary. A tracking store that is
+    away at the end costs nothing but a warning: the results are in Ray's folder, and ``--resume`` delivers them."""
     uri = redact(tracking.tracker.uri)
+    try:
+        replay(tracking.tracker, tracking.tracker.get_run(tracking.parent.run_id), results)
+        settle_orphans(tracking, sweep)
+        finish_parent(tracking, sweep)
+        log_best_interpolations(tracking.tracker, sweep)
+        report_after_sweep(tracking.tracker, cfg, checked.experiment_path, tracking.parent.run_id)
+    except Exception as exc:
+        print(f"warning: the tracking store {uri} did not answer ({str(exc).splitlines()[0][:200]}); the sweep's results are in "
+              f"{checked.experiment_path}: when it is back, `python -m sweep.launch {cfg.source} --resume` delivers them", file=sys.stderr)
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
     print_summary(sweep, [f"Ray results: {checked.experiment_path}",
                           f"MLflow: {uri}, experiment {cfg.experiment!r}, parent run {tracking.parent.run_id}",
                           f"Browse: {ui}  (then http://127.0.0.1:5000)"])
-    report_after_sweep(tracking.tracker, cfg, checked.experiment_path, tracking.parent.run_id)
 
 
 def open_tracking(cfg: SweepConfig, checked: Checked, resume: bool) -> SweepTracking:
@@ -204,10 +217,10 @@ def open_tracking(cfg: SweepConfig, checked: Checked, resume: bool) -> SweepTrac
     experiment_id = tracker.experiment(cfg.experiment)
     parent = tracker.start_sweep(experiment_id, cfg.name, resume, {"source_file": cfg.source, "inception_weights_sha256": checked.weights.sha256})
     if not resume:
-        parent.log_text(Path(cfg.source).read_text(), "search_space.yaml")
-        resolved = cfg.model_dump()
-        resolved["tracking"]["tracking_uri"] = redact(resolved["tracking"]["tracking_uri"])
-        parent.log_text(yaml.safe_dump(resolved, sort_keys=False), RESOLVED_SPACE)
+        parent.log_text(redact(Path(cfg.source).read_text()), "search_space.yaml")
+        parent.log_text(yaml.safe_dump(cfg.resolved(), sort_keys=False), RESOLVED_SPACE)
+    elif checked.resume_changes:
+        parent.set_tags({"resume_changes": "; ".join(f"{k}: {old} -> {new}" for k, (old, new) in checked.resume_changes.items())})
     return SweepTracking(tracker, experiment_id, parent)
 
 
@@ -231,6 +244,6 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
             raise
         stopping = background.submit(ray.shutdown)  # nothing below needs Ray: the results are on disk
         sweep = from_results(results, cfg)
-        write_up(cfg, checked, tracking, sweep)
+        write_up(cfg, checked, tracking, sweep, results)
         stopping.result()
     return sweep

@@ -10,6 +10,7 @@ active run). Outcomes map to run statuses: completed → FINISHED, pruned → KI
 from __future__ import annotations
 
 import io
+import logging
 import random
 import re
 import tempfile
@@ -29,6 +30,7 @@ from PIL import Image
 from sweep.uris import redact
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 SWEEP_TAG = "diffusion_sweep.name"
 TRIAL_TAG = "diffusion_sweep.trial_id"
 STATUS_TAG = "diffusion_sweep.status"
@@ -92,7 +94,9 @@ class Tracker(Protocol):
     def get_run(self, run_id: str) -> RunRecord: ...
     def children(self, parent: RunRecord) -> list[RunRecord]: ...
     def history(self, run_id: str, key: str) -> list[MetricPoint]: ...
+    def image_steps(self, run_id: str, key: str) -> set[int]: ...
     def images(self, run_id: str, key: str) -> dict[int, bytes]: ...
+    def has_artifact(self, run_id: str, path: str) -> bool: ...
     def read_text(self, run_id: str, name: str) -> str: ...
     def download(self, run_id: str, path: str, folder: Path) -> Path: ...
     def find_trial(self, key: str) -> RunRecord: ...
@@ -117,7 +121,8 @@ def check_reachable(uri: str, source: str = "tracking.tracking_uri") -> None:
 
 
 def retrying(call: Callable[[], T], attempts: int = 8) -> T:
-    """Retry a tracking call that lost a race for a SQLite write lock (or met a flaky server)."""
+    """Retry a tracking call that lost a race for a SQLite write lock or met an overloaded server. An unreachable
+    server is not retried here: its caller decides (a trial queues its records, the driver warns)."""
     for attempt in range(attempts):
         try:
             return call()
@@ -130,7 +135,7 @@ def retrying(call: Callable[[], T], attempts: int = 8) -> T:
 
 def _transient(exc: Exception) -> bool:
     text = str(exc).lower()
-    return any(s in text for s in ("locked", "busy", "timeout", "timed out", "connection", "503", "502", "429"))
+    return any(s in text for s in ("locked", "busy", "503", "502", "429"))
 
 
 def _default_artifact_root(uri: str) -> Path | None:
@@ -263,15 +268,26 @@ class MlflowTracker:
         points = retrying(lambda: self.client.get_metric_history(run_id, key))
         return [MetricPoint(int(m.step), float(m.value), int(m.timestamp)) for m in points]
 
-    def images(self, run_id: str, key: str) -> dict[int, bytes]:
-        """The run's images logged under ``key``, by step (the latest one when a step was logged twice)."""
+    def _image_paths(self, run_id: str, key: str) -> dict[int, str]:
         found: dict[int, str] = {}
         for artifact in sorted(retrying(lambda: self.client.list_artifacts(run_id, "images")), key=lambda a: a.path):
             match = IMAGE_NAME.match(artifact.path)
             if match and match["key"] == key.replace("/", "~"):
                 found[int(match["step"])] = artifact.path  # same step twice: the later timestamp sorts last
+        return found
+
+    def image_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which the run logged an image under ``key``."""
+        return set(self._image_paths(run_id, key))
+
+    def images(self, run_id: str, key: str) -> dict[int, bytes]:
+        """The run's images logged under ``key``, by step (the latest one when a step was logged twice)."""
         with tempfile.TemporaryDirectory() as folder:
-            return {step: self.download(run_id, path, Path(folder)).read_bytes() for step, path in sorted(found.items())}
+            return {step: self.download(run_id, path, Path(folder)).read_bytes() for step, path in sorted(self._image_paths(run_id, key).items())}
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        folder = path.rsplit("/", 1)[0] if "/" in path else None
+        return any(a.path == path for a in retrying(lambda: self.client.list_artifacts(run_id, folder)))
 
     def read_text(self, run_id: str, name: str) -> str:
         with tempfile.TemporaryDirectory() as folder:
@@ -294,6 +310,70 @@ class MlflowTracker:
         if not runs:
             raise TrackingError(f"{key}: no MLflow run or trial with this id in {redact(self.uri)} (pass --tracking-uri?)")
         return runs[0]
+
+
+class QueuedRun:
+    """A trial's run written through a bounded queue: while the tracker is away its records wait, in order, and
+    training goes on; each write, and ``flush``, delivers what waits once the tracker answers again. The run itself
+    is opened (created or found) on the first delivery. What is still queued when the trial ends is replayed from
+    the trial's Ray results by the driver (``sweep.replay``)."""
+
+    def __init__(self, open_run: Callable[[], TrackedRun], limit: int = 10_000) -> None:
+        self._open_run, self._run, self.limit = open_run, None, limit
+        self.pending: list[tuple[str, tuple[Any, ...]]] = []
+        self.dropped = 0
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run.run_id if self._run is not None else None
+
+    def flush(self) -> bool:
+        """Deliver what waits; False while the tracker does not answer (the records stay queued)."""
+        try:
+            if self._run is None:
+                self._run = self._open_run()
+            while self.pending:
+                name, args = self.pending[0]
+                getattr(self._run, name)(*args)
+                self.pending.pop(0)
+        except Exception as exc:  # an unreachable server raises whatever its HTTP client raises
+            log.warning("tracking store unreachable, %d record(s) queued: %s", len(self.pending), str(exc).splitlines()[0][:200])
+            return False
+        return True
+
+    def _queue(self, name: str, *args: Any) -> None:
+        if len(self.pending) >= self.limit:
+            self.pending.pop(next((i for i, (n, _) in enumerate(self.pending) if n == "log_metrics"), 0))
+            self.dropped += 1  # still in the Ray results: the replay delivers it
+        self.pending.append((name, args))
+        self.flush()
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._queue("log_params", params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._queue("log_metrics", metrics, step)
+
+    def log_image(self, png: bytes, key: str, step: int) -> None:
+        self._queue("log_image", png, key, step)
+
+    def log_file(self, path: Path, folder: str) -> None:
+        self._queue("log_file", path, folder)
+
+    def log_text(self, text: str, name: str) -> None:
+        self._queue("log_text", text, name)
+
+    def log_table(self, columns: dict[str, list[Any]], name: str) -> None:
+        self._queue("log_table", columns, name)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._queue("set_tags", tags)
+
+    def reopen(self, tags: dict[str, Any]) -> None:
+        self._queue("reopen", tags)
+
+    def finish(self, outcome: str, reason: str | None = None) -> None:
+        self._queue("finish", outcome, reason)
 
 
 def open_tracker(uri: str) -> Tracker:

@@ -17,18 +17,18 @@ from typing import Any
 import ray
 import torch
 from ray import tune
-from torchvision.io import encode_png
 
 from diffusion_core.checkpoint import CheckpointError
 from diffusion_core.evaluate import Evaluator
-from diffusion_core.loop import BEST, Rung, RungLoop
+from diffusion_core.loop import BEST, Rung, RungLoop, samples_file
 from diffusion_core.trainer import DivergenceError, Trainer
 from sweep.artifacts import CHECKPOINTS, SAMPLES_KEY, SAMPLING_STUDY
 from sweep.config import SweepConfig
 from sweep.sampling_study import describe, run_sampling_study
-from sweep.tracking import STATUS_TAG, TrackedRun, open_tracker
+from sweep.tracking import STATUS_TAG, QueuedRun, TrackedRun, open_tracker
 
 log = logging.getLogger(__name__)
+TRIAL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # an absent server: queue, don't wait
 
 
 def staging_folder(experiment_path: str) -> Path:
@@ -74,31 +74,41 @@ def final_rung_study(rung: Rung, sweep: SweepConfig, loop: RungLoop, run: Tracke
     return {**study.metrics(), "sampling_best": best}
 
 
+def trial_run(loop: RungLoop, config: dict[str, Any], tracking_uri: str, experiment_id: str, parent_run_id: str) -> QueuedRun:
+    """The trial's tracked run behind a queue: opened (or reopened: its id travels in the checkpoint) when the
+    tracker answers, while training goes on if it does not."""
+    context = tune.get_context()
+    weights = loop.evaluator.features.weights
+    tags = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "worker_pid": str(os.getpid()),
+            "num_parameters": str(loop.trainer.model.num_parameters()), "restored_at_step": str(loop.trainer.step),
+            "inception_weights": str(weights.path), "inception_weights_sha256": weights.sha256}
+    tracker = open_tracker(tracking_uri)
+    run = QueuedRun(lambda: tracker.trial_run(experiment_id, parent_run_id, context.get_trial_id(), context.get_trial_name(),
+                                              config, tags, loop.extra.get("run_id")))
+    run.flush()
+    return run
+
+
 def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, experiment_id: str, parent_run_id: str,
               experiment_path: str) -> None:
     """Function trainable; ``config`` is the flat ``{key.path: value}`` dict sampled by Optuna."""
+    os.environ.update(TRIAL_HTTP)
     cfg = sweep.run_config(config)
-    context = tune.get_context()
     torch.set_num_threads(max(1, int(sweep.sweep.resources_per_trial.cpu)))
     trainer = Trainer(cfg)
     loop = RungLoop(trainer, Evaluator(cfg, trainer.device), staging_folder(experiment_path))
     restore(loop)
-    node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(), "worker_pid": str(os.getpid())}
-    weights = loop.evaluator.features.weights
-    tags = {**node, "num_parameters": str(trainer.model.num_parameters()), "restored_at_step": str(trainer.step),
-            "inception_weights": str(weights.path), "inception_weights_sha256": weights.sha256}
-    run = open_tracker(tracking_uri).trial_run(experiment_id, parent_run_id, context.get_trial_id(), context.get_trial_name(),
-                                               config, tags, loop.extra.get("run_id"))
-    loop.extra["run_id"] = run.run_id
+    run = trial_run(loop, config, tracking_uri, experiment_id, parent_run_id)
 
     def report(rung: Rung) -> None:
         metrics = rung.metrics()
         study = final_rung_study(rung, sweep, loop, run) if rung.final and sweep.sampling_search is not None else {}
         run.log_metrics({**metrics, **{k: v for k, v in study.items() if k != "sampling_best"}}, rung.step)
-        run.log_image(encode_png(rung.evaluation.best.grid).numpy().tobytes(), SAMPLES_KEY, rung.step)
+        run.log_image((loop.folder / samples_file(rung.step)).read_bytes(), SAMPLES_KEY, rung.step)
         if rung.improved:
             run.log_file(loop.folder / BEST, CHECKPOINTS)
-        tune.report({**metrics, **study, "step": rung.step, "run_id": run.run_id, "node_id": node["node_id"]},
+        loop.extra["run_id"] = run.run_id or loop.extra.get("run_id")
+        tune.report({**metrics, **study, "step": rung.step, "run_id": run.run_id or "", "node_id": ray.get_runtime_context().get_node_id()},
                     checkpoint=tune.Checkpoint.from_directory(loop.folder))
 
     try:
@@ -109,3 +119,7 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
     except Exception:
         run.set_tags({STATUS_TAG: "failed", "failure_reason": traceback.format_exc()[-5000:]})
         raise
+    finally:
+        if not run.flush():
+            log.warning("%d tracking record(s) of trial %s not delivered; the driver replays them from the Ray results",
+                        len(run.pending), tune.get_context().get_trial_id())

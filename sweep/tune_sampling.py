@@ -24,14 +24,7 @@ from sweep.artifacts import download_best_model
 from sweep.config import SamplingSearch, load_sweep
 from sweep.report.collect import RESOLVED_SPACE, resolved_sweep
 from sweep.sampling_study import SamplingTrial, describe, run_sampling_study
-from sweep.tracking import (
-    PARENT_TAG,
-    RunRecord,
-    Tracker,
-    TrackingError,
-    open_tracker,
-    resolve_tracking_uri,
-)
+from sweep.tracking import PARENT_TAG, RunRecord, Tracker, TrackingError, open_tracker, resolve_tracking_uri
 
 
 def sweep_search(tracker: Tracker, run: RunRecord, space: str | None) -> SamplingSearch:

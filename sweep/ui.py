@@ -23,11 +23,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(backend_store_uri: str, artifact_root: Path, log_file: Path, timeout_s: float = 120) -> Iterator[str]:
-    """Run ``mlflow server`` on 127.0.0.1 with one worker; yields its base URL ``http://127.0.0.1:PORT``.
+def mlflow_server(backend_store_uri: str, artifact_root: Path, log_file: Path, timeout_s: float = 120, port: int | None = None) -> Iterator[str]:
+    """Run ``mlflow server`` on 127.0.0.1 (on ``port``, else a free one) with one worker; yields its base URL
+    ``http://127.0.0.1:PORT``.
 
     ``artifact_root``: where new runs would store artifacts (the sweep's runs keep their own file:// URIs)."""
-    port = free_port()
+    port = port or free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1",
            "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifact_root.resolve().as_uri()]
     url = f"http://{HOST}:{port}"

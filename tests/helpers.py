@@ -10,6 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from diffusion_core.config import RunConfig
+from diffusion_core.evaluate import EvalResult
 
 DATA_ROOT = Path(os.environ.get("DIFFUSION_SWEEP_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MNIST_ROOT = DATA_ROOT
@@ -80,3 +81,17 @@ def image_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     prefix = f"images/{key.replace('/', '~')}+step+"
     paths = [a.path for a in client.list_artifacts(run_id, "images")]
     return sorted(int(p[len(prefix):].split("+", 1)[0]) for p in paths if p.startswith(prefix) and p.endswith(".png"))
+
+
+class ScriptedEvaluator:
+    """Stands in for the FID evaluation: FIDs from a script (one per call), or a function of the weights; it draws
+    from the global RNG as building the Inception network does."""
+
+    def __init__(self, fids: list[float] | None = None) -> None:
+        self.fids, self.calls = fids, 0
+
+    def __call__(self, model: torch.nn.Module, schedule) -> EvalResult:
+        torch.randn(100)
+        self.calls += 1
+        fid = self.fids[self.calls - 1] if self.fids else float(sum(p.double().abs().sum() for p in model.parameters()))
+        return EvalResult(fid, fid / 100, 0.0, 0.0, torch.zeros(3, 2, 2, dtype=torch.uint8))

@@ -4,13 +4,7 @@ import torch
 from helpers import MNIST_ROOT, require
 
 from diffusion_core.config import DataConfig
-from diffusion_core.data import (
-    BatchOrder,
-    DatasetError,
-    load_images,
-    to_uint8,
-    to_unit_range,
-)
+from diffusion_core.data import BatchOrder, DatasetError, load_images, to_uint8, to_unit_range
 
 
 def test_digits_offline_in_unit_range_with_labels():

@@ -8,13 +8,7 @@ from PIL import Image
 from torch import nn
 
 from diffusion_core.checkpoint import save_model
-from diffusion_core.interpolate import (
-    denoising_timesteps,
-    main,
-    noise_interpolation,
-    slerp,
-    xt_interpolation,
-)
+from diffusion_core.interpolate import denoising_timesteps, main, noise_interpolation, slerp, xt_interpolation
 from diffusion_core.samplers import SamplerSettings, sample
 from diffusion_core.schedules import NoiseSchedule
 from diffusion_core.trainer import Trainer

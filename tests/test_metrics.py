@@ -285,20 +285,30 @@ def test_resolution_order_explicit_env_hub(clean_env: Path, tmp_path: Path, monk
     assert got.sha256 == hashlib.sha256(b"explicit").hexdigest()
     assert iw.resolve_inception_weights().source == "env"
     monkeypatch.delenv(iw.ENV_VAR)
+    with pytest.raises(iw.InceptionWeightsError, match=f"{hub_file}: not pytorch-fid's release of the FID weights"):
+        iw.resolve_inception_weights(cache_dir=tmp_path / "unused")  # a file in the hub cache is checked before use
+    _pretend_release(monkeypatch, b"hub")
     got = iw.resolve_inception_weights(cache_dir=tmp_path / "unused")
     assert (got.path, got.source, got.sha256) == (hub_file, "torch-hub", hashlib.sha256(b"hub").hexdigest())
+
+
+def _pretend_release(monkeypatch: pytest.MonkeyPatch, content: bytes) -> None:
+    """Make ``content`` pass for pytorch-fid's release (its size and sha256 prefix)."""
+    monkeypatch.setattr(iw, "HUB_SIZE", len(content))
+    monkeypatch.setattr(iw, "HUB_SHA256_PREFIX", hashlib.sha256(content).hexdigest()[:8])
 
 
 def test_resolution_downloads_into_hub_cache(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     urls = []
 
     def fake_download(url: str, dst: str, *args: object, **kwargs: object) -> None:
-        urls.append(url)
+        urls.append((url, kwargs.get("hash_prefix")))
         Path(dst).write_bytes(b"downloaded")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    _pretend_release(monkeypatch, b"downloaded")
     got = iw.resolve_inception_weights()
-    assert urls == [pfi.FID_WEIGHTS_URL]
+    assert urls == [(pfi.FID_WEIGHTS_URL, iw.HUB_SHA256_PREFIX)]  # torch hub checks the sha256 prefix while downloading
     assert (got.path, got.source) == (clean_env / "checkpoints" / iw.HUB_FILENAME, "torch-hub")
 
 

@@ -2,12 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_core.objectives import (
-    diffusion_loss,
-    sample_timesteps,
-    to_eps_and_x0,
-    training_target,
-)
+from diffusion_core.objectives import diffusion_loss, sample_timesteps, to_eps_and_x0, training_target
 from diffusion_core.schedules import NoiseSchedule
 
 

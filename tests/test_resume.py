@@ -1,12 +1,18 @@
-"""Driver killed mid-sweep (SIGKILL), then `--resume`: the sweep finishes, unfinished trials continue
-from their checkpoints, and MLflow ends with exactly one child run per trial and none left RUNNING."""
+"""Driver killed mid-sweep (SIGKILL), then `--resume`: the sweep finishes, unfinished trials continue from their
+checkpoints exactly as an uninterrupted run of the same trial (every metric equal), MLflow ends with exactly one
+child run per trial and none left RUNNING, and a resume with a changed file is refused."""
 import json
 import signal
 import subprocess
 import time
 
-from helpers import smoke_sweep_command, sweep_runs
+import torch
+from helpers import SMOKE_SPACE, smoke_sweep_command, sweep_runs
 
+from diffusion_core.evaluate import Evaluator
+from diffusion_core.loop import RungLoop
+from diffusion_core.trainer import Trainer
+from sweep.config import load_sweep
 from sweep.runner import RungAwareOptunaSearch
 
 
@@ -34,6 +40,10 @@ def test_sigkill_driver_then_resume_finishes_without_losing_or_duplicating(tmp_p
     driver.wait()
     time.sleep(5)
 
+    changed = subprocess.run(cmd + ["--resume", "--set", "eval.num_samples=16"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert "--resume, but the file differs from the sweep's: eval.num_samples: 32 -> 16" in changed.stderr
+
     proc = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -53,6 +63,10 @@ def test_sigkill_driver_then_resume_finishes_without_losing_or_duplicating(tmp_p
     for child in children:
         steps = sorted({m.step for m in client.get_metric_history(child.info.run_id, "fid")})
         assert steps == [100, 200, 300]
+    interrupted = [c.data.tags["diffusion_sweep.trial_id"] for c, step in zip(children, restored) if step > 0]
+    for folder in trial_dirs:
+        if any(folder.name.startswith(f"run_trial_{trial_id}") for trial_id in interrupted):
+            _assert_same_as_uninterrupted(cmd, folder, tmp_path / "reference" / folder.name)
 
     # The Optuna history is kept: the study after the resume holds the trials asked before the kill.
     states = sorted((tmp_path / "ray_results" / "resumed").glob("searcher-state-*.pkl"))
@@ -66,3 +80,21 @@ def _study_trials(state_file):
     searcher = RungAwareOptunaSearch(max_step=300)
     searcher.restore(str(state_file))
     return searcher._ot_study.get_trials(deepcopy=False)
+
+
+def _assert_same_as_uninterrupted(cmd: list[str], trial_dir, folder) -> None:
+    """The trial's reported rungs equal those of the same configuration trained here without interruption, on one
+    thread as the trial ran (every metric bit for bit)."""
+    overrides = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--set"]
+    cfg = load_sweep(SMOKE_SPACE, overrides).run_config(json.loads((trial_dir / "params.json").read_text()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rungs = []
+        RungLoop(Trainer(cfg, device="cpu"), Evaluator(cfg, "cpu"), folder).run(rungs.append)
+    finally:
+        torch.set_num_threads(threads)
+    reported = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    keys = ("loss", "fid", "kid", "kid_std", "best_fid")
+    by_step = {r["step"]: {k: r[k] for k in keys} for r in reported}  # a rung reported again after a restart is the same
+    assert by_step == {r.step: {k: r.metrics()[k] for k in keys} for r in rungs}

@@ -3,14 +3,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch import nn
 
-from diffusion_core.samplers import (
-    SamplerSettings,
-    ddim_step,
-    dynamic_threshold,
-    leading_timesteps,
-    predict,
-    sample,
-)
+from diffusion_core.samplers import SamplerSettings, ddim_step, dynamic_threshold, leading_timesteps, predict, sample
 from diffusion_core.schedules import NoiseSchedule
 
 

@@ -7,15 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import (
-    FID_WEIGHTS,
-    MNIST_ROOT,
-    REPO,
-    image_steps,
-    require,
-    store_uri,
-    sweep_runs,
-)
+from helpers import FID_WEIGHTS, MNIST_ROOT, REPO, image_steps, require, store_uri, sweep_runs
 
 from sweep.launch import main
 

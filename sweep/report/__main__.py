@@ -14,12 +14,7 @@ from pathlib import Path
 
 from sweep.report.collect import from_tracker
 from sweep.report.publish import REPORT_FILE, default_output, publish
-from sweep.tracking import (
-    TrackingError,
-    check_reachable,
-    open_tracker,
-    resolve_tracking_uri,
-)
+from sweep.tracking import TrackingError, check_reachable, open_tracker, resolve_tracking_uri
 from sweep.uris import redact
 
 

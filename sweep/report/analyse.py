@@ -112,8 +112,12 @@ def importance_study(sweep: Sweep, step: int) -> optuna.Study:
         if step not in t.fid:
             continue
         present = [d for d in sweep.dimensions if d.path in t.params]
+        try:
+            params = {d.path: param_value(d, t.params[d.path]) for d in present}
+        except ValueError:
+            continue  # a parameter the tracker holds that is not in the space (edited by hand): left out
         study.add_trial(optuna.trial.create_trial(
-            params={d.path: param_value(d, t.params[d.path]) for d in present},
+            params=params,
             distributions={d.path: distribution(d) for d in present},
             value=t.fid[step], user_attrs={"trial": t.name, "status": t.status}))
     return study

@@ -11,12 +11,7 @@ from dataclasses import dataclass
 import optuna
 import plotly.graph_objects as go
 
-from sweep.report.analyse import (
-    RungFidelity,
-    best_vs_compute,
-    importance_study,
-    pruned_ahead_of_winner,
-)
+from sweep.report.analyse import RungFidelity, best_vs_compute, importance_study, pruned_ahead_of_winner
 from sweep.report.model import OUTCOMES, Sweep, Trial
 
 LINE_DASH = {"completed": "solid", "pruned": "dot", "failed": "dash", "running": "longdash"}
