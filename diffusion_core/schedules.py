@@ -11,13 +11,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from diffusion_core.config import DiffusionConfig
 
 MAX_BETA = 0.999
 
@@ -184,6 +181,14 @@ class NoiseSchedule:
         return _gather(self.sqrt_alphas_cumprod, t, x_t) * x_t - _gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
 
 
-def build_schedule(diffusion: DiffusionConfig) -> NoiseSchedule:
+class ScheduleSettings(Protocol):
+    """What a schedule is built from: the ``diffusion`` section of a run config."""
+
+    schedule: str
+    timesteps: int
+    cosine_s: float
+
+
+def build_schedule(diffusion: ScheduleSettings) -> NoiseSchedule:
     """The run's noise schedule (``diffusion.schedule``, ``timesteps``, ``cosine_s``)."""
     return NoiseSchedule.create(diffusion.schedule, diffusion.timesteps, diffusion.cosine_s)
