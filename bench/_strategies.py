@@ -5,7 +5,8 @@
   them (``suggest``; ``on_trial_result`` to the scheduler, then to the searcher unless the trial stops;
   ``on_trial_complete`` to both) -- without a Ray cluster;
 - Optuna alone (random search or TPE at the full budget, TPE with Optuna's ``HyperbandPruner`` or
-  ``SuccessiveHalvingPruner``), through ``ask`` / ``report`` / ``should_prune`` / ``tell``.
+  ``SuccessiveHalvingPruner``), through ``ask`` / ``report`` / ``should_prune`` / ``tell``;
+- Ray's BOHB (``bench._bohb``).
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class RaySweep:
                                          max_step=base.train.max_steps, sampler=make_sampler(cfg))
         self.searcher = ConcurrencyLimiter(searcher, cfg.sweep.max_concurrent)
         self.scheduler = make_scheduler(cfg, base)
+        self.max_steps = base.train.max_steps
         self.trials: dict[str, SimpleNamespace] = {}
         self.stops: list[tuple[str, int]] = []  # (trial id, step) of every stop before max_steps
 
@@ -65,12 +67,17 @@ class RaySweep:
         self.scheduler.on_trial_add(None, self.trials[trial_id])
         return config
 
-    def result(self, trial_id: str, result: dict[str, Any]) -> bool:
-        if self.scheduler.on_trial_result(None, self.trials[trial_id], result) == TrialScheduler.STOP:
-            self.stops.append((trial_id, result["step"]))
-            return False
+    def result(self, trial_id: str, result: dict[str, Any]) -> str:
+        decision = self.scheduler.on_trial_result(None, self.trials[trial_id], result)
+        if decision == TrialScheduler.STOP:
+            if result["step"] < self.max_steps:
+                self.stops.append((trial_id, result["step"]))
+            return decision
         self.searcher.on_trial_result(trial_id, result)
-        return True
+        return decision
+
+    def released(self) -> list[str]:
+        return []
 
     def finish(self, trial_id: str, result: dict[str, Any]) -> None:
         self.scheduler.on_trial_complete(None, self.trials[trial_id], result)
@@ -83,6 +90,7 @@ class OptunaAlone:
 
     def __init__(self, cfg: SweepConfig, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner) -> None:
         self.dimensions = cfg.dimensions
+        self.max_steps = cfg.run_config({}).train.max_steps
         # a fixed name: HyperbandPruner assigns brackets by a hash of the study name and trial number
         self.study = optuna.create_study(study_name="efficiency", direction="minimize", sampler=sampler, pruner=pruner)
         self.trials: dict[str, optuna.Trial] = {}
@@ -95,21 +103,25 @@ class OptunaAlone:
         self.trials[trial_id] = trial
         return {**trial.params, **decoded}
 
-    def result(self, trial_id: str, result: dict[str, Any]) -> bool:
+    def result(self, trial_id: str, result: dict[str, Any]) -> str:
+        """``report`` then ``should_prune``, as an objective's training loop does after every rung (the last too)."""
         trial = self.trials[trial_id]
         trial.report(result["fid"], result["step"])
-        if trial.should_prune():
-            self.pruned.add(trial_id)
+        if not trial.should_prune():
+            return TrialScheduler.CONTINUE
+        self.pruned.add(trial_id)
+        if result["step"] < self.max_steps:
             self.stops.append((trial_id, result["step"]))
-            return False
-        return True
+        return TrialScheduler.STOP
+
+    def released(self) -> list[str]:
+        return []
 
     def finish(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self.trials[trial_id]
         if trial_id in self.pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
-            trial.report(result["fid"], result["step"])
             self.study.tell(trial, result["fid"])
 
 
@@ -125,6 +137,13 @@ def _optuna(search: str, pruner: Callable[[Settings], optuna.pruners.BasePruner]
         cfg = settings.sweep_config(seed, search, {"type": "fifo"})
         return OptunaAlone(cfg, make_sampler(cfg), pruner(settings))
     return build
+
+
+def _bohb(settings: Settings, seed: int) -> Any:
+    from bench._bohb import RayBOHB  # hpbandster and ConfigSpace: needed by this strategy only
+
+    np.random.seed(seed)
+    return RayBOHB(settings.sweep_config(seed, "tpe", {"type": "asha"}), seed, settings.workers)
 
 
 def _max_steps(settings: Settings) -> int:
@@ -146,4 +165,5 @@ STRATEGIES: dict[str, tuple[str, Callable[[Settings, int], Any]]] = {
     "optuna_sha": ("Optuna alone: TPE + SuccessiveHalvingPruner",
                    _optuna("tpe", lambda s: optuna.pruners.SuccessiveHalvingPruner(
                        min_resource=s.grace, reduction_factor=int(s.reduction_factor)))),
+    "bohb": ("Ray's BOHB: TuneBOHB + HyperBandForBOHB (synchronous; paused trials resume)", _bohb),
 }

@@ -85,7 +85,7 @@ def test_replay_clock_adds_each_rungs_train_and_eval_seconds(table):
     assert per_rung == pytest.approx([(k + 1) * (rung["train_seconds"] + rung["eval_seconds"]) for k in range(6)])
 
 
-@pytest.mark.parametrize("name", ["asha_tpe", "noise_asha_tpe", "optuna_hyperband", "optuna_sha"])
+@pytest.mark.parametrize("name", ["asha_tpe", "noise_asha_tpe", "optuna_hyperband", "optuna_sha", "bohb"])
 def test_pruning_strategies_stop_trials_early_and_spend_the_budget_on_more_trials(table, name):
     strategy = STRATEGIES[name][1](settings_of(table), 0)
     trace = replay(table, strategy, workers=2, budget_steps=12 * 600)
@@ -95,11 +95,22 @@ def test_pruning_strategies_stop_trials_early_and_spend_the_budget_on_more_trial
     assert trace.reports[-1].trial_steps >= 12 * 600
 
 
-def test_a_replay_is_a_function_of_its_seed(table):
+@pytest.mark.parametrize("name", ["asha_tpe", "bohb"])
+def test_a_replay_is_a_function_of_its_seed(table, name):
     def run(seed):
-        trace = replay(table, STRATEGIES["asha_tpe"][1](settings_of(table), seed), 2, 12 * 600)
+        trace = replay(table, STRATEGIES[name][1](settings_of(table), seed), 2, 12 * 600)
         return [(r.config, r.step) for r in trace.reports]
     assert run(1) == run(1) and run(1) != run(2)
+
+
+def test_bohb_pauses_trials_at_its_bracket_budget_and_resumes_the_best(table):
+    trace = replay(table, STRATEGIES["bohb"][1](settings_of(table), 0), 2, 12 * 600)
+    first = trace.reports[0].trial_id
+    times = [r.seconds for r in trace.reports if r.trial_id == first]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    rung = table.rungs(json.loads(trace.configs[first]))[1]
+    assert max(gaps) > rung["train_seconds"] + rung["eval_seconds"] + 1e-9  # it waited, paused, between two rungs
+    assert any(s == 600 for s in trace.stopped_at.values()) and any(s < 600 for s in trace.stopped_at.values())
 
 
 def test_noise_aware_asha_stops_no_more_than_plain_asha_here(table):
