@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,11 @@ def read_trials(experiment: Path) -> list[dict[str, Any]]:
             rows.append({"step": int(r["step"]), "fid": r["fid"], "fid_std": r.get("fid_std", 0.0), "kid": r["kid"],
                          "kid_std": r["kid_std"], "train_seconds": r["time_total_s"] - previous, "eval_seconds": 0.0})
             previous = r["time_total_s"]
-        trials.append({"trial_id": lines[0]["trial_id"], "config": config_key(lines[0]["config"]), "rows": rows})
-    return sorted(trials, key=lambda t: int(t["trial_id"].rsplit("_", 1)[-1]))
+        trial_id = lines[0]["trial_id"]
+        number = re.search(rf"_{re.escape(trial_id)}_(\d+)_", result_file.parent.name)  # Tune's folder: NAME_ID_N_...
+        trials.append({"trial_id": trial_id, "number": int(number.group(1)), "config": config_key(lines[0]["config"]),
+                       "rows": rows})
+    return sorted(trials, key=lambda t: t["number"])
 
 
 def table_agreement(table: Table, trials: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ target. ``--real-check`` also runs one real ``sweep.launch`` sweep and replays i
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = Target(1 / 3, at_most=True)  # ours' mean trial-steps to the target, as a fraction of random search's
 OURS = "asha_tpe"
 FULL_BUDGET = ("random", "tpe")
+NOISE_AWARE = ("noise_asha_tpe", "noise_asha_tpe_z2")
 
 
 def seed_run(table: Table, settings: Settings, seed: int, random_trials: int, tolerance: float) -> dict[str, Any]:
@@ -52,7 +54,7 @@ def seed_run(table: Table, settings: Settings, seed: int, random_trials: int, to
         out["strategies"][name] = {
             "hit": hit, "steps_ratio": ratio(hit, baseline, "trial_steps"), "seconds_ratio": ratio(hit, baseline, "seconds"),
             "best_fid": trace.best_fid, "trials": len(trace.configs), "curve": anytime(trace, budgets),
-            "pruning": winners_cut(table, built[name].stops, trace.configs, target) if hasattr(built[name], "stops") else None,
+            "pruning": None if name in FULL_BUDGET else winners_cut(table, built[name].stops, trace.configs, target),
         }
     return out
 
@@ -182,7 +184,7 @@ def obstacles(prob: Result) -> list[str]:
     rho = prob["rank_fidelity"]["table"].get(first)
     hits = [seed["strategies"]["random"]["hit"]["trial_steps"] / prob["budget_steps"] for seed in prob["seeds"]]
     pruning = ours["pruning"] or {"stopped": 0, "would_have_reached_target": 0}
-    noisy = s["noise_asha_tpe"]["steps_ratio"]["mean"]
+    noise = {name: (s[name]["steps_ratio"]["mean"], (s[name]["pruning"] or {}).get("stopped")) for name in NOISE_AWARE}
     return [
         f"- Random search itself reaches its target after {100 * sum(hits) / len(hits):.0f}% of its budget on average "
         f"(min {100 * min(hits):.0f}%): with {prob['configurations']} configurations, a good one is drawn early, so the "
@@ -192,23 +194,37 @@ def obstacles(prob: Result) -> list[str]:
         "pruning there ranks partly on noise.",
         f"- ASHA stopped {pruning['stopped']} trials over the seeds; {pruning['would_have_reached_target']} of them would "
         "have reached the target at a later rung.",
-        f"- Noise-aware ASHA (1 sigma): mean ratio {fmt(noisy)} against plain ASHA's {fmt(ours['steps_ratio']['mean'])}.",
+        f"- Noise-aware ASHA: mean ratio {fmt(noise['noise_asha_tpe'][0])} (1 sigma, {noise['noise_asha_tpe'][1]} stops) and "
+        f"{fmt(noise['noise_asha_tpe_z2'][0])} (2 sigma, {noise['noise_asha_tpe_z2'][1]} stops) against plain ASHA's "
+        f"{fmt(ours['steps_ratio']['mean'])} ({pruning['stopped']} stops).",
     ]
 
 
+def short(config: str) -> str:
+    """A configuration key as its values only: ``cosine, 100, 0.99, 0.001``."""
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in json.loads(config).values())
+
+
 def check_lines(r: Result) -> list[str]:
+    """The real sweep beside the table and beside its own replay."""
     c = r.get("real_check")
     if c is None:
-        return ["Replay against a real sweep: not run in this measurement (`--real-check DIR`)."]
-    agreement, decisions = c["table_agreement"], c["decisions"]
-    verdict = "**the same**" if decisions["match"] else "**different**"
-    lines = [f"Replay against a real sweep (`sweep.launch`, ASHA + TPE, {c['trials']} trials, seed {c['seed']}, "
-             f"{c['wall_seconds']:.0f} s): its {agreement['rungs']} rung FIDs differ from the table's by "
-             f"{100 * agreement['mean_relative_difference']:.2f}% on average (max {100 * agreement['max_relative_difference']:.2f}%); "
-             f"replayed over its own rung results and durations, the sweep's strategy proposes and stops {verdict} trials "
-             f"(real: {decisions['real']}; replayed: {decisions['replayed']})."]
-    if decisions.get("why"):
-        lines.append(f"The replay stopped early: {decisions['why']}")
+        return ["Replay against a real sweep: not run in this measurement (`--real-check`)."]
+    a, d = c["table_agreement"], c["decisions"]
+    ran = "read back from an earlier run in `--check-dir`" if c["reused"] else f"{c['wall_seconds']:.0f} s"
+    lines = [f"**Replay against a real sweep** (`sweep.launch` of the digits space, ASHA + TPE, {c['trials']} trials, seed "
+             f"{c['seed']}, {ran}): {a['rungs']} of its {a['of_rungs']} rung FIDs have a table entry, and they differ from "
+             f"it by {100 * (a['mean_relative_difference'] or 0):.3f}% on average (max {100 * (a['max_relative_difference'] or 0):.3f}%). "
+             f"Replayed over the real run's own rung results and durations, the sweep's strategy proposes and stops "
+             f"{'**the same**' if d['match'] else '**different**'} trials:", "",
+             "| trial | real: configuration (schedule, T, EMA rate, lr) | real: last step | replayed: configuration | replayed: last step |",
+             "|---|---|---|---|---|"]
+    replayed = d["replayed"] or []
+    for i, (config, step) in enumerate(d["real"]):
+        other = replayed[i] if i < len(replayed) else ["-", "-"]
+        lines.append(row(i, short(config), step, short(other[0]) if other[0] != "-" else "-", other[1]))
+    if d.get("why"):
+        lines += ["", f"The replay stopped early: {d['why']}"]
     return lines
 
 

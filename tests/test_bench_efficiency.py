@@ -150,8 +150,8 @@ def test_winners_cut_counts_stopped_trials_that_would_have_reached_the_target(ta
     assert winners_cut(table, [("a", 100), ("b", 100)], configs, target) == {"stopped": 2, "would_have_reached_target": 1}
 
 
-def write_result_file(experiment, trial_id, config, rows):
-    folder = experiment / f"run_trial_{trial_id}"
+def write_result_file(experiment, trial_id, number, config, rows):
+    folder = experiment / f"run_trial_{trial_id}_{number}_lr=0.0010_2026-12-02_08-16-06"  # Tune's trial folder name
     folder.mkdir(parents=True)
     lines = [json.dumps({"trial_id": trial_id, "config": config, "training_iteration": i + 1, **row})
              for i, row in enumerate(rows)]
@@ -169,7 +169,7 @@ def test_a_real_run_is_read_back_and_a_replay_of_it_matches_its_decisions(tmp_pa
         for r in rows:
             total += r["train_seconds"] + r["eval_seconds"]
             lines.append({k: r[k] for k in ("step", "fid", "fid_std", "kid", "kid_std")} | {"time_total_s": total})
-        write_result_file(tmp_path, f"abc_{n:05d}", json.loads(key), lines)
+        write_result_file(tmp_path, f"{9 - n:08x}", n + 1, json.loads(key), lines)  # ids do not sort as created
     real = read_trials(tmp_path)
     assert [t["config"] for t in real] == list(trace.configs.values())
     decisions = replayed_decisions(table, real, settings_of(table), seed=0)
@@ -201,10 +201,17 @@ def test_the_benchmark_writes_its_json_plot_and_section(tmp_path):
     assert "efficiency.png" in text
     summary = BENCHMARK.summary(result)
     assert summary.startswith("| sweep efficiency (time to the same target, mean of 2 seeds)")
+    key = config_key({"diffusion.schedule": "cosine", "diffusion.timesteps": 100, "train.lr": 0.001, EMA_PATH: 0.99})
+    result["real_check"] = {"trials": 6, "seed": 0, "wall_seconds": None, "reused": True,
+                            "table_agreement": {"rungs": 10, "of_rungs": 10, "max_relative_difference": 0.0,
+                                                "mean_relative_difference": 0.0},
+                            "decisions": {"real": [[key, 100]], "replayed": [[key, 100]], "match": True}}
+    text = "\n".join(BENCHMARK.section(result))
+    assert "proposes and stops **the same** trials" in text and "| 0 | cosine, 100, 0.99, 0.001 | 100 |" in text
 
 
 @pytest.mark.slow
-def test_a_real_table_is_built_by_the_trainer_and_evaluator(tmp_path, monkeypatch, fid_cache):
+def test_a_real_table_is_built_by_the_trainer_and_evaluator(tmp_path, monkeypatch):
     import bench._efficiency_table as tables
 
     tiny = tables.merge(tables._COMMON, {"train": {"max_steps": 20, "lr": {"choice": [1.0e-3]}},
@@ -213,11 +220,11 @@ def test_a_real_table_is_built_by_the_trainer_and_evaluator(tmp_path, monkeypatc
                                                   "reference_images": 32, "kid_subset_size": 4}})
     monkeypatch.setattr(tables, "_COMMON", tiny)
     out = tmp_path / "digits.json"
-    build("digits", out, None, str(fid_cache))
+    build("digits", out, None, str(tmp_path / "fid"))
     table = Table.read(out)
     assert len(table.records) == 2 and table.build["trainings"] == 1
     rows = next(iter(table.records.values()))
     assert [r["step"] for r in rows] == [10, 20]
     assert all(r["fid"] > 0 and r["fid_std"] > 0 and r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in rows)
-    build("digits", out, None, str(fid_cache))  # resumes: nothing left to train
+    build("digits", out, None, str(tmp_path / "fid"))  # resumes: nothing left to train
     assert Table.read(out).build["trainings"] == 1
