@@ -72,6 +72,12 @@ def rung_noise(table: Table) -> dict[int, dict[str, float]]:
     return out
 
 
+def eval_share(table: Table) -> float:
+    """The evaluations' share of the seconds the table's rungs took (what trial-steps do not count)."""
+    rows = [r for rows in table.records.values() for r in rows]
+    return sum(r["eval_seconds"] for r in rows) / sum(r["train_seconds"] + r["eval_seconds"] for r in rows)
+
+
 def winners_cut(table: Table, stops: Sequence[tuple[str, int]], configs: dict[str, str], target: float) -> dict[str, int]:
     """Of the trials a pruner stopped, how many would have reported FID <= ``target`` at a later rung."""
     cut = sum(1 for trial_id, step in stops

@@ -23,7 +23,17 @@ from bench._benchmark import Args, Benchmark, Result, Target
 from bench._markdown import row
 from bench._common import write_result
 from bench._efficiency_plot import plot
-from bench._efficiency_stats import anytime, curve_band, rank_fidelity, ratio, rung_noise, spread, time_to, winners_cut
+from bench._efficiency_stats import (
+    anytime,
+    curve_band,
+    eval_share,
+    rank_fidelity,
+    ratio,
+    rung_noise,
+    spread,
+    time_to,
+    winners_cut,
+)
 from bench._efficiency_table import Table
 from bench._replay import replay
 from bench._replay_check import real_check
@@ -79,7 +89,7 @@ def problem_result(table: Table, settings: Settings, seeds: list[int], random_tr
         "targets": spread([r["target"] for r in runs]), "strategies": strategies, "seeds": runs,
         "rank_fidelity": {"table": rank_fidelity(table),
                           "random_search_draws": {step: spread([rho.get(step) for rho in per_seed_rho]) for step in steps}},
-        "noise": rung_noise(table),
+        "noise": rung_noise(table), "eval_share": eval_share(table),
     }
 
 
@@ -194,6 +204,8 @@ def obstacles(prob: Result) -> list[str]:
         "pruning there ranks partly on noise.",
         f"- ASHA stopped {pruning['stopped']} trials over the seeds; {pruning['would_have_reached_target']} of them would "
         "have reached the target at a later rung.",
+        f"- Evaluation is {100 * prob['eval_share']:.0f}% of the table's rung seconds: a pruned trial still paid for its "
+        f"evaluations, so wall-time ratios (mean {fmt(ours['seconds_ratio']['mean'])} for ours) trail the trial-step ones.",
         f"- Noise-aware ASHA: mean ratio {fmt(noise['noise_asha_tpe'][0])} (1 sigma, {noise['noise_asha_tpe'][1]} stops) and "
         f"{fmt(noise['noise_asha_tpe_z2'][0])} (2 sigma, {noise['noise_asha_tpe_z2'][1]} stops) against plain ASHA's "
         f"{fmt(ours['steps_ratio']['mean'])} ({pruning['stopped']} stops).",
