@@ -72,6 +72,13 @@ def rung_noise(table: Table) -> dict[int, dict[str, float]]:
     return out
 
 
+def oracle_steps(table: Table, target: float) -> int:
+    """The fewest trial-steps any strategy can need to report FID <= ``target``: train only the configuration that
+    gets there first, only until it does (the target is some configuration's FID, so one always does)."""
+    return min(next(r["step"] for r in rows if r["fid"] <= target) for rows in table.records.values()
+               if any(r["fid"] <= target for r in rows))
+
+
 def eval_share(table: Table) -> float:
     """The evaluations' share of the seconds the table's rungs took (what trial-steps do not count)."""
     rows = [r for rows in table.records.values() for r in rows]

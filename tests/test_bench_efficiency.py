@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench._efficiency_stats import anytime, curve_band, rank_fidelity, spread, time_to, winners_cut
+from bench._efficiency_stats import anytime, curve_band, oracle_steps, rank_fidelity, spread, time_to, winners_cut
 from bench._efficiency_table import EMA_PATH, Table, build, config_key, grid, problem_space, trained_values
 from bench._replay import Report, Trace, replay
 from bench._replay_check import read_trials, replayed_decisions
@@ -143,6 +143,12 @@ def test_rank_fidelity_of_a_table_whose_rungs_rank_as_the_end_is_one(table):
     assert rank_fidelity(table, list(table.records)[:2]) == {100: None, 200: None, 300: None, 400: None, 500: None}
 
 
+def test_the_oracle_trains_only_the_first_configuration_to_reach_the_target(table):
+    finals = sorted(rows[-1]["fid"] for rows in table.records.values())
+    assert oracle_steps(table, finals[0]) == 600  # only the best configuration gets there, at its last rung
+    assert oracle_steps(table, 1e9) == 100
+
+
 def test_winners_cut_counts_stopped_trials_that_would_have_reached_the_target(table):
     configs = {"a": list(table.records)[0], "b": list(table.records)[1]}
     finals = {t: table.records[c][-1]["fid"] for t, c in configs.items()}
@@ -196,6 +202,7 @@ def test_the_benchmark_writes_its_json_plot_and_section(tmp_path):
     assert random["steps_ratio"]["mean"] == 1.0 and random["trials"]["mean"] == 4
     for seed in problem["seeds"]:
         assert seed["target"] == pytest.approx(min(f for f in seed["strategies"]["random"]["curve"] if f) * 1.05)
+        assert 0 < seed["oracle_ratio"] <= min(s["steps_ratio"] for s in seed["strategies"].values() if s["steps_ratio"])
     text = "\n".join(BENCHMARK.section(result))
     assert "time to the same target" in text and "Spearman" in text and "noise-aware" in text
     assert "efficiency.png" in text
