@@ -85,6 +85,10 @@ def problem_result(table: Table, settings: Settings, seeds: list[int], random_tr
             "curve": curve_band([m["curve"] for m in mine]),
             "pruning": {k: sum(s[k] for s in stops) for k in ("stopped", "would_have_reached_target")} if stops else None,
         }
+    for r in runs:  # aggregated above; the JSON keeps each seed's figures, not its curves and draws
+        r.pop("random_configs")
+        for m in r["strategies"].values():
+            m.pop("curve")
     return {
         "problem": table.problem, "configurations": len(table.records), "table_build": table.build,
         "budget_steps": random_trials * table.max_steps, "every_steps": table.every_steps, "max_steps": table.max_steps,

@@ -200,8 +200,9 @@ def test_the_benchmark_writes_its_json_plot_and_section(tmp_path):
     assert set(problem["strategies"]) == set(STRATEGIES) and len(problem["seeds"]) == 2
     random = problem["strategies"]["random"]
     assert random["steps_ratio"]["mean"] == 1.0 and random["trials"]["mean"] == 4
+    assert random["curve"]["mean"][-1] == pytest.approx(random["best_fid"]["mean"])
     for seed in problem["seeds"]:
-        assert seed["target"] == pytest.approx(min(f for f in seed["strategies"]["random"]["curve"] if f) * 1.05)
+        assert seed["target"] == pytest.approx(seed["strategies"]["random"]["best_fid"] * 1.05)
         assert 0 < seed["oracle_ratio"] <= min(s["steps_ratio"] for s in seed["strategies"].values() if s["steps_ratio"])
     text = "\n".join(BENCHMARK.section(result))
     assert "time to the same target" in text and "Spearman" in text and "noise-aware" in text
