@@ -259,7 +259,10 @@ def section(r: Result) -> list[str]:
              f"Target per seed: the best FID of a full-budget random search of {r['random_trials']} trials "
              f"+{100 * r['tolerance']:.0f}%; ratio: a strategy's trial-steps to its own first report at or below the "
              f"target / random search's. Every strategy may spend random search's whole budget. ASHA: grace "
-             f"{r['grace']} steps, reduction factor {r['reduction_factor']:g}; TPE after {r['startup']} random trials.", "",
+             f"{r['grace']} steps, reduction factor {r['reduction_factor']:g}; TPE after {r['startup']} random trials. "
+             "Wall time is the simulated clock: the table's training and evaluation seconds, without Ray's and MLflow's "
+             "per-trial overhead. Ours is checked against a real sweep below; BOHB runs through a stand-in for the Tune "
+             "controller calls its synchronous HyperBand makes (`bench/_bohb.py`), not checked against a real Tune run.", "",
              f"![anytime curves]({'docs/' + r['plot']})", ""]
     lines += check_lines(r) + [""]
     for name, prob in r["problems"].items():
