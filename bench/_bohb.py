@@ -82,7 +82,7 @@ class RayBOHB:
         self.at_max: set[str] = set()  # trials paused at their last rung
         self.stops: list[tuple[str, int]] = []
 
-    def start(self, trial_id: str) -> dict[str, Any] | Resume | None:
+    def start(self, trial_id: str | None) -> dict[str, Any] | Resume | None:
         chosen = self.scheduler.choose_trial_to_run(self.controller)
         while chosen is not None and chosen.trial_id in self.at_max:
             # paused at its last rung: resumed, it has nothing left to train and completes with its last result
@@ -93,6 +93,8 @@ class RayBOHB:
         if chosen is not None:
             chosen.status = Trial.RUNNING
             return Resume(chosen.trial_id)
+        if trial_id is None:
+            return None
         config = self.searcher.suggest(trial_id)
         if config is None:
             return None

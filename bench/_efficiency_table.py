@@ -17,6 +17,7 @@ import argparse
 import copy
 import itertools
 import json
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -178,9 +179,10 @@ def trained_space(space: dict[str, Any], params: list[dict[str, Any]]) -> dict[s
 
 
 def config_key(params: dict[str, Any]) -> str:
-    """A configuration's key: its parameters as sorted JSON, numbers as floats (Optuna hands ints back as ints)."""
-    return json.dumps({k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
-                       for k, v in sorted(params.items())})
+    """A configuration's key: its parameters as sorted JSON, numbers as floats (Optuna hands ints back as ints, BOHB
+    numpy scalars)."""
+    return json.dumps({k: float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else
+                       str(v) if isinstance(v, str) else v for k, v in sorted(params.items())})
 
 
 def main() -> None:

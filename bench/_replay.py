@@ -32,9 +32,9 @@ class Resume:
 class Strategy(Protocol):
     """What the replay asks of a search strategy (a sampler plus, optionally, a pruner)."""
 
-    def start(self, trial_id: str) -> dict[str, Any] | Resume | None:
+    def start(self, trial_id: str | None) -> dict[str, Any] | Resume | None:
         """A new trial ``trial_id``'s ``{path: value}`` configuration, a paused trial to resume, or None (nothing
-        can start now)."""
+        can start now); ``trial_id`` None: no new trial may start."""
 
     def result(self, trial_id: str, result: dict[str, Any]) -> str:
         """A rung's result of a running trial: ``TrialScheduler.CONTINUE``, ``STOP`` or ``PAUSE``."""
@@ -116,10 +116,9 @@ def replay(table: Table, strategy: Strategy, workers: int, budget_steps: int, ma
 
     def launch(now: float) -> None:
         while len(run.running) < workers and run.spent < budget_steps:
-            if len(run.trace.configs) >= limit:  # as Tune after num_samples trials: nothing new starts
-                return
-            trial_id = f"trial_{next(ids):04d}"
-            started = strategy.start(trial_id)
+            # as Tune after num_samples trials: nothing new starts, a paused trial may still resume
+            trial_id = f"trial_{next(ids):04d}" if len(run.trace.configs) < limit else None
+            started = strategy.start(trial_id) if trial_id or run.paused else None
             if started is None:
                 return
             if isinstance(started, Resume):

@@ -64,24 +64,30 @@ def table_agreement(table: Table, trials: list[dict[str, Any]]) -> dict[str, Any
             "max_relative_difference": max(diffs, default=None), "mean_relative_difference": sum(diffs) / len(diffs) if diffs else None}
 
 
-def replayed_decisions(table: Table, trials: list[dict[str, Any]], settings: Settings, seed: int) -> dict[str, Any]:
-    """The sweep's strategy replayed over the real run's own rows: its proposals and stops beside the real ones."""
+def own_table(table: Table, trials: list[dict[str, Any]]) -> Table:
+    """A table of a real run's own rung results and durations (a configuration tried twice keeps its longer record)."""
     records: dict[str, list[dict[str, Any]]] = {}
-    for t in trials:  # a configuration tried twice keeps its longer record
+    for t in trials:
         if len(t["rows"]) > len(records.get(t["config"], [])):
             records[t["config"]] = t["rows"]
-    own = Table(f"{table.problem} (real run)", table.space, records, {})
-    strategy = STRATEGIES["asha_tpe"][1](settings, seed)
+    return Table(f"{table.problem} (real run)", table.space, records, {})
+
+
+def replayed_decisions(table: Table, trials: list[dict[str, Any]], settings: Settings, seed: int,
+                       strategy_name: str = "asha_tpe") -> dict[str, Any]:
+    """A strategy (default: the sweep's) replayed over ``table`` for as many trials as the real run had: its
+    proposals and stops beside the real ones. ``table`` may be the real run's own (``own_table``)."""
+    strategy = STRATEGIES[strategy_name][1](settings, seed)
     real = [[t["config"], t["rows"][-1]["step"]] for t in trials]
     real_stops = [[i, s] for i, (_, s) in enumerate(real) if s < table.max_steps]
     try:
-        trace = replay(own, strategy, settings.workers, len(trials) * table.max_steps, max_trials=len(trials))
-    except KeyError as exc:  # it proposed a configuration the real run never trained
+        trace = replay(table, strategy, settings.workers, len(trials) * table.max_steps, max_trials=len(trials))
+    except KeyError as exc:  # it proposed a configuration, or a rung, the real run never trained
         return {"real": real, "replayed": None, "match": False, "why": str(exc)}
     ids = list(trace.configs)
     replayed = [[trace.configs[i], trace.stopped_at.get(i)] for i in ids]
     replay_stops = [[ids.index(i), s] for i, s in strategy.stops]
-    match = replayed == real and sorted(replay_stops) == real_stops
+    match = bool(real) and replayed == real and sorted(replay_stops) == real_stops
     return {"real": real, "replayed": replayed, "real_stops": real_stops, "replayed_stops": sorted(replay_stops), "match": match}
 
 
@@ -98,4 +104,5 @@ def real_check(table: Table, args: argparse.Namespace, workdir: Path, trials: in
     ran = {k: v for k, v in space.items() if k != "sweep"}
     settings = Settings(ran, args.workers, args.grace, args.reduction_factor, args.startup)
     return {"trials": trials, "seed": seed, "wall_seconds": wall, "reused": reused,
-            "table_agreement": table_agreement(table, real), "decisions": replayed_decisions(table, real, settings, seed)}
+            "table_agreement": table_agreement(table, real),
+            "decisions": replayed_decisions(own_table(table, real), real, settings, seed)}

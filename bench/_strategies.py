@@ -59,7 +59,9 @@ class RaySweep:
         self.trials: dict[str, SimpleNamespace] = {}
         self.stops: list[tuple[str, int]] = []  # (trial id, step) of every stop before max_steps
 
-    def start(self, trial_id: str) -> dict[str, Any] | None:
+    def start(self, trial_id: str | None) -> dict[str, Any] | None:
+        if trial_id is None:
+            return None
         config = self.searcher.suggest(trial_id)
         if config is None:
             return None
@@ -97,7 +99,9 @@ class OptunaAlone:
         self.pruned: set[str] = set()
         self.stops: list[tuple[str, int]] = []
 
-    def start(self, trial_id: str) -> dict[str, Any] | None:
+    def start(self, trial_id: str | None) -> dict[str, Any] | None:
+        if trial_id is None:
+            return None
         trial = self.study.ask()
         decoded = define_by_run(trial, self.dimensions)
         self.trials[trial_id] = trial

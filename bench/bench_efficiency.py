@@ -39,12 +39,14 @@ from bench._efficiency_table import Table
 from bench._replay import replay
 from bench._replay_check import real_check
 from bench._strategies import STRATEGIES, Settings
+from bench._tune_check import tune_check
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = Target(1 / 3, at_most=True)  # ours' mean trial-steps to the target, as a fraction of random search's
 OURS = "asha_tpe"
 FULL_BUDGET = ("random", "tpe")
 NOISE_AWARE = ("noise_asha_tpe", "noise_asha_tpe_z2")
+TUNE_CHECKS = [("digits", "asha_tpe", 0), ("digits", "bohb", 0), ("mnist16", "bohb", 1)]  # (problem, strategy, seed)
 
 
 def seed_run(table: Table, settings: Settings, seed: int, random_trials: int, tolerance: float) -> dict[str, Any]:
@@ -115,6 +117,9 @@ def main() -> None:
     p.add_argument("--real-check", action="store_true", help="also run a real 6-trial sweep of digits and replay it")
     p.add_argument("--check-dir", type=Path, default=None,
                    help="the real sweep's folder (default: a new temporary one); a finished sweep there is read back")
+    p.add_argument("--tune-check", action="store_true",
+                   help="also run ours and BOHB under Ray Tune's own controller on table-backed trials and replay them")
+    p.add_argument("--tune-check-dir", type=Path, default=None, help="their folder (default: a new temporary one)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     result: dict[str, Any] = {"seeds": args.seeds, "random_trials": args.random_trials, "workers": args.workers,
@@ -128,6 +133,10 @@ def main() -> None:
     if args.real_check:
         check_dir = args.check_dir or Path(tempfile.mkdtemp(prefix="efficiency-check-"))
         result["real_check"] = real_check(Table.read(args.tables / "digits.json"), args, check_dir)
+    if args.tune_check:
+        folder = args.tune_check_dir or Path(tempfile.mkdtemp(prefix="efficiency-tune-check-"))
+        result["tune_checks"] = [tune_check(args.tables / f"{problem}.json", name, seed, 12, args.workers, 0.05,
+                                            folder / f"{problem}-{name}-{seed}") for problem, name, seed in TUNE_CHECKS]
     plot(result, args.plot)
     result["plot"] = args.plot.name
     write_result(result, args.out)
@@ -250,6 +259,22 @@ def check_lines(r: Result) -> list[str]:
     return lines
 
 
+def tune_check_lines(r: Result) -> list[str]:
+    checks = r.get("tune_checks")
+    if not checks:
+        return ["Replay against Ray Tune's controller: not run in this measurement (`--tune-check`)."]
+    lines = ["**Replay against Ray Tune's own controller** (a real `Tuner` with the strategy's searcher and scheduler, "
+             "trials that report the table's rungs after sleeping 0.05 x their recorded seconds and checkpoint their rung "
+             "for pauses; `bench/_tune_check.py`), trial by trial:", "",
+             "| problem | strategy | seed | trials | same proposals and stops as the replay | trials stopped early (real) |",
+             "|---|---|---|---|---|---|"]
+    for c in checks:
+        d = c["decisions"]
+        verdict = "**yes**" if d["match"] else f"**no**: {d.get('why') or 'see the JSON'}"
+        lines.append(row(c["problem"], f"`{c['strategy']}`", c["seed"], c["trials"], verdict, len(d.get("real_stops") or [])))
+    return lines
+
+
 def section(r: Result) -> list[str]:
     """Per problem: the strategies' fair ratios, per-seed ratios, anytime figures, rank fidelity and noise."""
     lines = ["## Sweep efficiency (time to the same target, over seeds)", "",
@@ -264,7 +289,7 @@ def section(r: Result) -> list[str]:
              "per-trial overhead. Ours is checked against a real sweep below; BOHB runs through a stand-in for the Tune "
              "controller calls its synchronous HyperBand makes (`bench/_bohb.py`), not checked against a real Tune run.", "",
              f"![anytime curves]({'docs/' + r['plot']})", ""]
-    lines += check_lines(r) + [""]
+    lines += check_lines(r) + [""] + tune_check_lines(r) + [""]
     for name, prob in r["problems"].items():
         build = prob["table_build"]
         lines += [f"### {name}: {prob['configurations']} configurations, budget {prob['budget_steps']:,} trial-steps", "",
@@ -292,8 +317,9 @@ BENCHMARK = Benchmark(
     module="bench.bench_efficiency",
     order=70,
     section=section,
-    # The replay is CPU-seconds; the real check runs a 6-trial digits sweep (minutes).
-    args=Args(full="--seeds 10 --real-check", quick="--seeds 2"),
+    # The replay is CPU-seconds; the real check runs a 6-trial digits sweep (minutes), the Tune checks 3 x 12
+    # table-backed trials (minutes).
+    args=Args(full="--seeds 10 --real-check --tune-check", quick="--seeds 2"),
     takes_device=False,
     target=TARGET,
     summary=summary,

@@ -11,7 +11,7 @@ import pytest
 from bench._efficiency_stats import anytime, curve_band, oracle_steps, rank_fidelity, spread, time_to, winners_cut
 from bench._efficiency_table import EMA_PATH, Table, build, config_key, grid, problem_space, trained_values
 from bench._replay import Report, Trace, replay
-from bench._replay_check import read_trials, replayed_decisions
+from bench._replay_check import own_table, read_trials, replayed_decisions
 from bench._strategies import STRATEGIES, Settings
 from bench.bench_efficiency import BENCHMARK
 
@@ -178,8 +178,9 @@ def test_a_real_run_is_read_back_and_a_replay_of_it_matches_its_decisions(tmp_pa
         write_result_file(tmp_path, f"{9 - n:08x}", n + 1, json.loads(key), lines)  # ids do not sort as created
     real = read_trials(tmp_path)
     assert [t["config"] for t in real] == list(trace.configs.values())
-    decisions = replayed_decisions(table, real, settings_of(table), seed=0)
+    decisions = replayed_decisions(own_table(table, real), real, settings_of(table), seed=0)
     assert decisions["match"] and decisions["real_stops"]
+    assert replayed_decisions(table, real, settings_of(table), seed=0)["match"]  # over the whole table too
     other = replayed_decisions(table, real, settings_of(table), seed=5)  # another seed proposes other configurations
     assert not other["match"]
 
@@ -236,3 +237,16 @@ def test_a_real_table_is_built_by_the_trainer_and_evaluator(tmp_path, monkeypatc
     assert all(r["fid"] > 0 and r["fid_std"] > 0 and r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in rows)
     build("digits", out, None, str(tmp_path / "fid"))  # resumes: nothing left to train
     assert Table.read(out).build["trainings"] == 1
+
+
+@pytest.mark.slow
+def test_under_tunes_own_controller_table_backed_trials_run_the_replayed_proposals(tmp_path):
+    from bench._tune_check import tune_check
+
+    path = write_table(tmp_path / "digits.json", max_steps=300)
+    result = tune_check(path, "asha_tpe", 0, trials=4, workers=2, scale=0.2, storage=tmp_path / "tune")
+    decisions = result["decisions"]
+    # four trials are TPE's four random start-up draws: the same whatever order results come in
+    assert [c for c, _ in decisions["real"]] == [c for c, _ in decisions["replayed"]]
+    assert all(step in (100, 300) for _, step in decisions["real"])
+    assert not result["reused"] and tune_check(path, "asha_tpe", 0, 4, 2, 0.2, tmp_path / "tune")["reused"]
