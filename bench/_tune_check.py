@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--scale", type=float, default=0.05, help="seconds slept per second the table recorded")
+    p.add_argument("--scale", type=float, default=0.3, help="seconds slept per second the table recorded")
     p.add_argument("--storage", type=Path, required=True)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()

@@ -46,6 +46,7 @@ TARGET = Target(1 / 3, at_most=True)  # ours' mean trial-steps to the target, as
 OURS = "asha_tpe"
 FULL_BUDGET = ("random", "tpe")
 NOISE_AWARE = ("noise_asha_tpe", "noise_asha_tpe_z2")
+TUNE_SCALE = 0.3  # seconds a table-backed trial sleeps per recorded second: rungs of 5-40 s, far above Ray's latency
 TUNE_CHECKS = [("digits", "asha_tpe", 0), ("digits", "bohb", 0), ("mnist16", "bohb", 1)]  # (problem, strategy, seed)
 
 
@@ -135,7 +136,7 @@ def main() -> None:
         result["real_check"] = real_check(Table.read(args.tables / "digits.json"), args, check_dir)
     if args.tune_check:
         folder = args.tune_check_dir or Path(tempfile.mkdtemp(prefix="efficiency-tune-check-"))
-        result["tune_checks"] = [tune_check(args.tables / f"{problem}.json", name, seed, 12, args.workers, 0.05,
+        result["tune_checks"] = [tune_check(args.tables / f"{problem}.json", name, seed, 12, args.workers, TUNE_SCALE,
                                             folder / f"{problem}-{name}-{seed}") for problem, name, seed in TUNE_CHECKS]
     plot(result, args.plot)
     result["plot"] = args.plot.name
@@ -264,8 +265,8 @@ def tune_check_lines(r: Result) -> list[str]:
     if not checks:
         return ["Replay against Ray Tune's controller: not run in this measurement (`--tune-check`)."]
     lines = ["**Replay against Ray Tune's own controller** (a real `Tuner` with the strategy's searcher and scheduler, "
-             "trials that report the table's rungs after sleeping 0.05 x their recorded seconds and checkpoint their rung "
-             "for pauses; `bench/_tune_check.py`), trial by trial:", "",
+             f"trials that report the table's rungs after sleeping {checks[0]['scale']:g} x their recorded seconds and "
+             "checkpoint their rung for pauses; `bench/_tune_check.py`), trial by trial:", "",
              "| problem | strategy | seed | trials | same proposals and stops as the replay | trials stopped early (real) |",
              "|---|---|---|---|---|---|"]
     for c in checks:
