@@ -260,6 +260,14 @@ def check_lines(r: Result) -> list[str]:
     return lines
 
 
+def parted(d: Result) -> str:
+    """How a replay's decisions differ from a real run's, trial by trial."""
+    real, replayed = d["real"], d["replayed"]
+    same = sum(a[0] == b[0] for a, b in zip(real, replayed, strict=True))
+    moved = sum(a[0] == b[0] and a[1] != b[1] for a, b in zip(real, replayed, strict=True))
+    return f"{same} of {len(real)} proposals the same, {moved} of them stopped at another rung"
+
+
 def tune_check_lines(r: Result) -> list[str]:
     checks = r.get("tune_checks")
     if not checks:
@@ -271,7 +279,7 @@ def tune_check_lines(r: Result) -> list[str]:
              "|---|---|---|---|---|---|"]
     for c in checks:
         d = c["decisions"]
-        verdict = "**yes**" if d["match"] else f"**no**: {d.get('why') or 'see the JSON'}"
+        verdict = "**yes**" if d["match"] else f"**no**: {d.get('why') or parted(d)}"
         lines.append(row(c["problem"], f"`{c['strategy']}`", c["seed"], c["trials"], verdict, len(d.get("real_stops") or [])))
     return lines
 

@@ -215,8 +215,12 @@ def test_the_benchmark_writes_its_json_plot_and_section(tmp_path):
                             "table_agreement": {"rungs": 10, "of_rungs": 10, "max_relative_difference": 0.0,
                                                 "mean_relative_difference": 0.0},
                             "decisions": {"real": [[key, 100]], "replayed": [[key, 100]], "match": True}}
+    result["tune_checks"] = [{"problem": "digits", "strategy": "bohb", "seed": 1, "trials": 2, "scale": 0.3,
+                              "decisions": {"real": [[key, 100], [key, 300]], "replayed": [[key, 300], [key, 300]],
+                                            "real_stops": [[0, 100]], "match": False}}]
     text = "\n".join(BENCHMARK.section(result))
     assert "proposes and stops **the same** trials" in text and "| 0 | cosine, 100, 0.99, 0.001 | 100 |" in text
+    assert "| digits | `bohb` | 1 | 2 | **no**: 2 of 2 proposals the same, 1 of them stopped at another rung | 1 |" in text
 
 
 @pytest.mark.slow
