@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -49,14 +50,15 @@ def tune_run(table_path: Path, name: str, seed: int, trials: int, workers: int, 
     strategy = STRATEGIES[name][1](Settings(table.space, workers, 100, 3, 4), seed)
     trainable = tune.with_resources(tune.with_parameters(table_trainable, table_path=str(table_path.resolve()), scale=scale),
                                     {"cpu": 1})
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR",
-             _temp_dir=str(storage.resolve() / "ray_tmp"))
+    ray_tmp = tempfile.mkdtemp(prefix="tune-check-")  # short: Ray's socket paths must fit AF_UNIX's 107 bytes
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR", _temp_dir=ray_tmp)
     try:
         tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=strategy.searcher, scheduler=strategy.scheduler,
                                                           num_samples=trials, max_concurrent_trials=workers),
                    run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=0)).fit()
     finally:
         ray.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def tune_check(table_path: Path, name: str, seed: int, trials: int, workers: int, scale: float, storage: Path) -> dict[str, Any]:
