@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from torchvision.utils import make_grid
 
 from diffusion_core.config import RunConfig
 from diffusion_core.data import load_images, to_uint8, to_unit_range
+from diffusion_core.fid_bootstrap import fid_std
 from diffusion_core.metrics import InceptionFeatures, ReferenceCache, ReferenceStats, fid_kid
 from diffusion_core.samplers import SamplerSettings, sample
 from diffusion_core.schedules import NoiseSchedule
@@ -28,9 +30,10 @@ class EvalResult:
     seconds: float
     grid: Tensor  # uint8 (3, H, W) image grid of the first samples
     sampling_seconds: float = 0.0  # of ``seconds``, the time spent generating the samples
+    fid_std: float = math.nan  # bootstrap std of ``fid`` over the N samples: its sampling noise
 
     def metrics(self) -> dict[str, float]:
-        return {"fid": self.fid, "kid": self.kid, "kid_std": self.kid_std, "eval_seconds": self.seconds}
+        return {"fid": self.fid, "kid": self.kid, "kid_std": self.kid_std, "fid_std": self.fid_std, "eval_seconds": self.seconds}
 
 
 @dataclass
@@ -131,11 +134,13 @@ class Evaluator:
         reference = self.reference
         images = to_unit_range(to_uint8(self.generate(model, schedule)))  # quantised like the reference
         sampling_seconds = time.perf_counter() - start
-        scores = fid_kid(self.features(images), reference, self.cfg.eval.kid_subset_size)
+        features = self.features(images)
+        scores = fid_kid(features, reference, self.cfg.eval.kid_subset_size)
+        noise = fid_std(features, reference, seed=self.cfg.eval.seed)
         grid = make_grid(to_uint8(images[: self.cfg.eval.grid_size]), nrow=max(1, int(len(images[: self.cfg.eval.grid_size]) ** 0.5)))
         seconds = time.perf_counter() - start
         log.info("evaluated %d samples in %.1fs: FID %.2f, KID %.4f", len(images), seconds, scores["fid"], scores["kid"])
-        return EvalResult(scores["fid"], scores["kid"], scores["kid_std"], seconds, grid, sampling_seconds)
+        return EvalResult(scores["fid"], scores["kid"], scores["kid_std"], seconds, grid, sampling_seconds, noise)
 
 
 def evaluate_bank(evaluator: Evaluator, models: dict[float, nn.Module], schedule: NoiseSchedule) -> BankEvaluation:

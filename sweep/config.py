@@ -45,6 +45,10 @@ class SchedulerConfig(Section):
     type: Literal["asha", "fifo"] = Field(default="asha", description="fifo: no pruning, every trial runs to train.max_steps (the baseline ASHA is measured against)")
     grace_period: int | None = Field(default=None, ge=1, description="training steps before the first prune decision (default: eval.every_steps)")
     reduction_factor: float = Field(default=3, gt=1, le=100)
+    noise_aware: bool = Field(default=False, description="asha: a trial whose rung FID is within noise_z of its own FID "
+                              "standard deviation (fid_std) of the promotion cutoff goes on instead of being stopped "
+                              "(off by default: the efficiency benchmark measured no gain)")
+    noise_z: float = Field(default=1.0, gt=0, description="noise_aware: the tie band, in standard deviations of the rung FID")
 
 
 class ResourcesConfig(Section):

@@ -27,6 +27,7 @@ from diffusion_core.evaluate import Evaluator
 from sweep.config import SweepConfig
 from sweep.interpolations import log_best_interpolations
 from sweep.preflight import Checked
+from sweep.pruning import NoiseAwareASHA
 from sweep.replay import replay
 from sweep.report.collect import RESOLVED_SPACE, from_results
 from sweep.report.model import Sweep, outcome
@@ -39,6 +40,7 @@ from sweep.uris import redact
 
 METRIC, MODE = "fid", "min"
 log = logging.getLogger(__name__)
+NOISE_METRIC = "fid_std"  # the rung FID's bootstrap standard deviation (diffusion_core.fid_bootstrap)
 
 
 class RungAwareOptunaSearch(OptunaSearch):
@@ -101,13 +103,16 @@ def make_sampler(cfg: SweepConfig) -> optuna.samplers.BaseSampler:
 
 
 def make_scheduler(cfg: SweepConfig, base: RunConfig) -> TrialScheduler:
-    """``sweep.scheduler``: ASHA on FID with rungs in training steps, or FIFO (every trial runs to the end)."""
-    if cfg.sweep.scheduler.type == "fifo":
+    """``sweep.scheduler``: ASHA on FID with rungs in training steps (noise-aware: ties with the cutoff within the
+    rung FID's own noise go on), or FIFO (every trial runs to the end)."""
+    scheduler = cfg.sweep.scheduler
+    if scheduler.type == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="step", metric=METRIC, mode=MODE, max_t=base.train.max_steps,
-        grace_period=cfg.grace_period, reduction_factor=cfg.sweep.scheduler.reduction_factor,
-    )
+    asha = {"time_attr": "step", "metric": METRIC, "mode": MODE, "max_t": base.train.max_steps,
+            "grace_period": cfg.grace_period, "reduction_factor": scheduler.reduction_factor}
+    if scheduler.noise_aware:
+        return NoiseAwareASHA(noise_metric=NOISE_METRIC, z=scheduler.noise_z, **asha)
+    return ASHAScheduler(**asha)
 
 
 def build_search(cfg: SweepConfig, base: RunConfig) -> tuple[ConcurrencyLimiter, TrialScheduler]:

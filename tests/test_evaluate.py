@@ -141,7 +141,9 @@ def test_eval_result_fields(evaluated):
     assert grid.dtype == torch.uint8 and grid.ndim == 3 and grid.shape[0] == 3
     # make_grid: nrow = int(sqrt(8)) = 2 columns, 4 rows of 8x8 tiles with 2-pixel padding
     assert tuple(grid.shape) == (3, 4 * 10 + 2, 2 * 10 + 2)
-    assert result.metrics() == {"fid": result.fid, "kid": result.kid, "kid_std": result.kid_std, "eval_seconds": result.seconds}
+    assert result.metrics() == {"fid": result.fid, "kid": result.kid, "kid_std": result.kid_std, "fid_std": result.fid_std,
+                                "eval_seconds": result.seconds}
+    assert 0 < result.fid_std < result.fid
 
 
 def test_grid_shows_the_generated_samples(evaluated, trained):
