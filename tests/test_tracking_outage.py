@@ -44,11 +44,12 @@ def test_server_stopped_and_restarted_mid_sweep(tmp_path, small_sweep_fid_cache)
         assert driver.wait(timeout=1200) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         client = MlflowClient(url)
         runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id], max_results=100)
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == 2 and len({c.data.tags["diffusion_sweep.trial_id"] for c in children}) == 2
-    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
-    for child in children:
-        history = client.get_metric_history(child.info.run_id, "fid")
-        assert sorted(m.step for m in history) == [100, 200, 300], "every rung once, none lost, none twice"
-        assert image_steps(client, child.info.run_id, "samples") == [100, 200, 300]
-        assert child.data.tags["diffusion_sweep.status"] == "completed"
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(children) == 2 and len({c.data.tags["diffusion_sweep.trial_id"] for c in children}) == 2
+        assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+        for child in children:
+            history = client.get_metric_history(child.info.run_id, "fid")
+            assert sorted(m.step for m in history) == [100, 200, 300], "every rung once, none lost, none twice"
+            assert image_steps(client, child.info.run_id, "samples") == [100, 200, 300]
+            assert child.data.tags["diffusion_sweep.status"] == "completed"
+    assert "record(s) queued" in (tmp_path / "driver.log").read_text(), "the outage was not noticed: the test tested nothing"
