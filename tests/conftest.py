@@ -24,3 +24,13 @@ def small_sweep_fid_cache(tmp_path_factory) -> Path:
     """One FID cache for the fault, resume, divergence and two-node sweeps: they share one reference
     (digits, 128 images), which the first of them computes (~20 s) and the others load."""
     return tmp_path_factory.mktemp("small_sweep_fid_cache")
+
+
+SWEEP_FIXTURES = {"smoke_sweep", "small_sweep_fid_cache"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that runs (or reads) a real sweep is slow: ``python -m pytest -m "not slow"`` leaves it out."""
+    for item in items:
+        if SWEEP_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

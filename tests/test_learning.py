@@ -44,6 +44,7 @@ def run():
     }
 
 
+@pytest.mark.slow
 def test_loss_falls_well_below_its_start(run):
     losses = run["losses"]
     assert len(losses) == STEPS and run["trainer"].step == STEPS
@@ -53,6 +54,7 @@ def test_loss_falls_well_below_its_start(run):
     assert last < 0.5 * first, f"loss fell only from {first:.3f} to {last:.3f}"
 
 
+@pytest.mark.slow
 def test_ema_samples_are_closer_to_the_data_than_noise_and_the_untrained_model(run):
     data, trained, untrained = run["data"], run["trained"], run["untrained"]
     noise = run["x_T"].clamp(-1, 1)
@@ -69,6 +71,7 @@ def test_ema_samples_are_closer_to_the_data_than_noise_and_the_untrained_model(r
     assert spread > 0.5 * torch.pdist(data[:NUM_SAMPLES].flatten(1).double()).mean().item(), f"sample spread {spread:.3f}"
 
 
+@pytest.mark.slow
 def test_sampling_is_deterministic_for_fixed_noise(run):
     """DDIM with eta = 0 is a deterministic map of x_T: the comparison above is reproducible."""
     trainer = run["trainer"]

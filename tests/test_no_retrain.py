@@ -24,6 +24,7 @@ def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("rate", [0.9, 0.99])
+@pytest.mark.slow
 def test_each_ema_of_the_bank_equals_an_ema_trained_alone_with_that_rate(rate):
     bank = Trainer(tiny_config(train={"ema_rates": [0.95, 0.9, 0.99], "ema_warmup_steps": 5}), device="cpu")
     bank.train_until(STEPS)
@@ -36,6 +37,7 @@ def test_each_ema_of_the_bank_equals_an_ema_trained_alone_with_that_rate(rate):
     assert any(not torch.equal(a, b) for a, b in zip(different, _weights(ema_model(alone)), strict=True))
 
 
+@pytest.mark.slow
 def test_bank_survives_checkpoint_and_rejects_a_checkpoint_of_another_bank(tmp_path):
     cfg = tiny_config(train={"ema_rates": [0.9, 0.999]})
     first = Trainer(cfg, device="cpu")
@@ -93,6 +95,7 @@ def study(tmp_path_factory):
     return {"cfg": cfg, "result": result, "model": model, "before": before, "trainer": trainer, "features": features}
 
 
+@pytest.mark.slow
 def test_sampling_study_is_at_least_as_good_as_the_default_on_the_same_seeds(study):
     result, cfg = study["result"], study["cfg"]
     assert len(result.trials) == 3 and result.num_samples == 16
@@ -109,6 +112,7 @@ def test_sampling_study_is_at_least_as_good_as_the_default_on_the_same_seeds(stu
     assert table["configuration"][0] == "default" and len(table["fid"]) == 4
 
 
+@pytest.mark.slow
 def test_sampling_study_never_changes_the_network(study):
     for a, b in zip(study["before"], _weights(study["model"]), strict=True):
         assert torch.equal(a, b)

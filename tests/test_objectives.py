@@ -49,6 +49,7 @@ def test_timesteps_uniform_and_respect_minimum():
     assert float(counts.std() / counts.mean()) < 0.05
 
 
+@pytest.mark.slow
 def test_trainer_draws_x0_timesteps_from_seed_001_range():
     """diffusion.min_timestep = 1 is seed 001's eq. 6, t ~ U{2..T} (1-based): the model never sees code step 0."""
     from helpers import tiny_config

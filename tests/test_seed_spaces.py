@@ -43,6 +43,7 @@ REDUCED = [
 ]
 
 
+@pytest.mark.slow
 def test_seed001_mnist_runs_at_reduced_size_and_logs_interpolations(tmp_path):
     require(MNIST_ROOT / "MNIST" / "raw", "offline MNIST")
     require(FID_WEIGHTS, "FID Inception weights")

@@ -82,6 +82,7 @@ def run_dir(tmp_path_factory):
     return {"tmp_path": tmp_path, "config": config, "out": out, "first": snapshot}
 
 
+@pytest.mark.slow
 def test_run_writes_checkpoints_samples_and_metrics(run_dir):
     first = run_dir["first"]
     assert first["files"] == ["checkpoint_best.pt", "checkpoint_last.pt", "metrics.jsonl", "samples_0000020.png", "samples_0000040.png"]
@@ -94,6 +95,7 @@ def test_run_writes_checkpoints_samples_and_metrics(run_dir):
         assert 0 < record["loss"] < 2 and record["fid"] > 0 and record["eval_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_lowest_fid(run_dir):
     out = run_dir["tmp_path"] / "at_step_40" / "cli"  # the untouched copy of the first run
     best = min(read_metrics(out), key=lambda m: m["fid"])
@@ -103,6 +105,7 @@ def test_best_checkpoint_is_the_lowest_fid(run_dir):
     assert {"model", "emas", "optimizer", "rng", "config"} <= set(load_safe(out / "checkpoint_last.pt"))
 
 
+@pytest.mark.slow
 def test_sample_grid_is_a_png_of_the_samples(run_dir):
     with Image.open(run_dir["out"] / "samples_0000020.png") as png:
         assert png.mode == "RGB"
@@ -121,6 +124,7 @@ def continued(run_dir) -> str:
     return printed.getvalue()
 
 
+@pytest.mark.slow
 def test_rerun_with_more_steps_continues_from_the_last_checkpoint(run_dir, continued):
     out = run_dir["out"]
     assert f"continuing {out / 'checkpoint_last.pt'} at step 40" in continued
@@ -131,6 +135,7 @@ def test_rerun_with_more_steps_continues_from_the_last_checkpoint(run_dir, conti
     assert (out / "samples_0000060.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changes,shown", [
     (["diffusion.schedule=linear", "train.lr=0.01"], "diffusion.schedule: 'cosine' -> 'linear'; train.lr: 0.001 -> 0.01"),
     (["eval.sampling_steps=1"], "eval.sampling_steps: 10 -> 1"),
@@ -150,6 +155,7 @@ def test_continuing_with_another_config_is_refused(run_dir, capsys, changes, sho
     assert {p.name: p.read_bytes() for p in (out / "cli").iterdir()} == before
 
 
+@pytest.mark.slow
 def test_rerun_training_matches_an_uninterrupted_run(run_dir, continued):
     """Continuing 40 -> 60 gives the same weights as training 0 -> 60 in one go (exact restore)."""
     out = run_dir["out"]

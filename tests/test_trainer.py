@@ -6,6 +6,7 @@ from diffusion_core.checkpoint import CheckpointError, load_safe
 from diffusion_core.trainer import DivergenceError, Trainer
 
 
+@pytest.mark.slow
 def test_checkpoint_restore_continues_exactly(tmp_path):
     """600 steps with a checkpoint at 300: a fresh process restored from it repeats steps 300..600 exactly,
     across epoch boundaries of the data order (1,437 training digits in batches of 8: the batches at steps
@@ -28,6 +29,7 @@ def test_checkpoint_restore_continues_exactly(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_warmup_ramps_lr():
     trainer = Trainer(tiny_config(), device="cpu")
     assert trainer.lr_at(0) == pytest.approx(1e-4) and trainer.lr_at(50) == pytest.approx(1e-3)
