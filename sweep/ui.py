@@ -3,6 +3,7 @@ context manager that waits until it answers and always stops it (used by tests a
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,17 +34,30 @@ def mlflow_server(backend_store_uri: str, artifact_root: Path, log_file: Path, t
            "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifact_root.resolve().as_uri()]
     url = f"http://{HOST}:{port}"
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": backend_store_uri})
+        # its own process group: `mlflow server` runs uvicorn as a child, which must stop with it
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": backend_store_uri},
+                                start_new_session=True)
         try:
             _wait_until_up(url, proc, timeout_s, log_file)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group; SIGKILL what is left after 20 s (children included)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float, log_file: Path) -> None:
