@@ -15,6 +15,7 @@ from diffusion_core.config import ConfigError
 from diffusion_core.data import DatasetError
 from diffusion_core.inception_weights import InceptionWeightsError
 from sweep.config import Dimension, SweepConfig, load_sweep
+from sweep.estimate import print_cluster_estimate
 from sweep.preflight import PreflightError, preflight
 from sweep.space import sample_configs
 
@@ -29,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage-path", help="override sweep.storage_path (a folder, or s3://, gs:// for clusters)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of the same name")
     p.add_argument("--dry-run", action="store_true", help="validate, print the resolved space and sampled configs, start nothing")
+    p.add_argument("--measure", action="store_true", help="with --dry-run: time the model on this machine for the estimate (instead of sweep.throughput)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a value of the file (repeatable)")
     return p.parse_args(argv)
 
@@ -65,7 +67,7 @@ def describe_search(cfg: SweepConfig) -> str:
     return f"{search}, ASHA pruning on FID (grace {cfg.grace_period} steps, reduction factor {s.scheduler.reduction_factor:g})"
 
 
-def dry_run(cfg: SweepConfig) -> None:
+def dry_run(cfg: SweepConfig, measure: bool = False) -> None:
     print(f"{cfg.source}: valid. Sweep {cfg.name!r}: {cfg.sweep.num_trials} trials, at most {cfg.sweep.max_concurrent} at once; "
           f"{describe_search(cfg)}.")
     print("\nFixed values (a dimension shows its first value):")
@@ -82,6 +84,7 @@ def dry_run(cfg: SweepConfig) -> None:
         cfg.run_config(params)
         print("  " + json.dumps(params))
     print(f"\nMLflow: {cfg.tracking.tracking_uri} (experiment {cfg.experiment!r}); Ray results: {cfg.sweep.storage_path}")
+    print_cluster_estimate(cfg, measure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load(args)
+        if args.dry_run:
+            dry_run(cfg, args.measure)
+            return 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.dry_run:
-        dry_run(cfg)
-        return 0
     try:
         address = args.address or os.environ.get("RAY_ADDRESS") or None
         checked = preflight(cfg, address=address, resume=args.resume)
