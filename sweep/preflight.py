@@ -1,4 +1,5 @@
-"""Checks run before Ray starts: storage, tracking server, dataset, FID weights, resources.
+"""Checks run before any trial starts: on a cluster its versions and what every node reaches (``sweep.cluster``),
+then storage, tracking server, dataset (staged for the cluster), FID weights, resources.
 Each failure is one line naming the key and the fix."""
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from diffusion_core.data import load_images
 from diffusion_core.inception_weights import InceptionWeights, resolve_inception_weights
+from sweep.cluster import ClusterError, check_cluster
 from sweep.config import SweepConfig
+from sweep.staging import stage_for_sweep
 from sweep.tracking import TrackingError, check_reachable, resolve_tracking_uri
 
 
@@ -76,10 +78,16 @@ def check_resources(cfg: SweepConfig, local: bool) -> None:
 
 
 def preflight(cfg: SweepConfig, address: str | None, resume: bool) -> Checked:
+    if address is not None:
+        try:
+            for setting in check_cluster(cfg, address, resolve_tracking_uri):
+                print(f"from the cluster's settings: {setting}", flush=True)
+        except ClusterError as exc:
+            raise PreflightError(str(exc)) from None
     check_resources(cfg, local=address is None)
     storage, experiment = check_storage(cfg, resume)
     uri = check_tracking(cfg)
     base = cfg.run_config({})
-    load_images(base.data, train=True)
+    stage_for_sweep(base, storage)
     weights = resolve_inception_weights(base.eval.inception_weights)
     return Checked(uri, storage, experiment, weights)
