@@ -80,7 +80,7 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
     """Function trainable; ``config`` is the flat ``{key.path: value}`` dict sampled by Optuna."""
     cfg = sweep.run_config(config)
     context = tune.get_context()
-    torch.set_num_threads(max(1, int(sweep.sweep.resources_per_trial.cpu)))
+    torch.set_num_threads(max(1, min(int(sweep.sweep.resources_per_trial.cpu), os.cpu_count() or 1)))
     fetch_for_trial(cfg, experiment_path)
     trainer = Trainer(cfg)
     loop = RungLoop(trainer, Evaluator(cfg, trainer.device), staging_folder(experiment_path))
