@@ -10,7 +10,7 @@
 # joins a week later runs what the head runs. Commit the result; `ray up` copies it to the nodes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-command -v uv >/dev/null || { echo "lock.sh needs uv: pip install uv" >&2; exit 2; }
+command -v uv >/dev/null || { echo "lock.sh needs uv on PATH (https://docs.astral.sh/uv/)" >&2; exit 2; }
 
 PYTHON_MINOR=3.11          # = the minor version of the Python that gpu.yaml's setup_commands give every node
 PLATFORM=x86_64-manylinux_2_28

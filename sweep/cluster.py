@@ -177,19 +177,28 @@ def check_location(what: str, location: str, nodes: list[Node], grows: bool, fix
     if "://" not in location and grows:
         raise ClusterError(f"{what}: {location} is a folder on this machine, but this cluster adds nodes (an autoscaler runs) that cannot reach it; {fix}")
     name = uuid.uuid4().hex
-    by_id = {n.node_id: n for n in nodes}
-    filesystem, root = _filesystem(location)
     try:
-        for node_id, result in on_every_node(_write_probe, location, name).items():
-            where = by_id[node_id].address if node_id in by_id else node_id
-            if isinstance(result, Exception):
-                raise ClusterError(f"{what}: node {where} cannot write {location} ({_first_line(result)}); {fix}")
-            if filesystem.get_file_info(f"{root}/{PROBE_FOLDER}/{name}-{node_id}").type == pafs.FileType.NotFound:
-                raise ClusterError(f"{what}: node {where} writes {location} on a disk this machine does not see; {fix}")
-    finally:
-        for info in filesystem.get_file_info(pafs.FileSelector(f"{root}/{PROBE_FOLDER}", allow_not_found=True)):
-            if info.base_name.startswith(name):
-                filesystem.delete_file(info.path)
+        filesystem, root = _filesystem(location)
+        try:
+            _probe_from_every_node(what, location, nodes, name, fix, (filesystem, root))
+        finally:
+            for info in filesystem.get_file_info(pafs.FileSelector(f"{root}/{PROBE_FOLDER}", allow_not_found=True)):
+                if info.base_name.startswith(name):
+                    filesystem.delete_file(info.path)
+    except OSError as exc:
+        raise ClusterError(f"{what}: this machine cannot reach {location} ({_first_line(exc)}); {fix}") from None
+
+
+def _probe_from_every_node(what: str, location: str, nodes: list[Node], name: str, fix: str,
+                           opened: tuple[pafs.FileSystem, str]) -> None:
+    filesystem, root = opened
+    by_id = {n.node_id: n.address for n in nodes}
+    for node_id, result in on_every_node(_write_probe, location, name).items():
+        where = by_id.get(node_id, node_id)
+        if isinstance(result, Exception):
+            raise ClusterError(f"{what}: node {where} cannot write {location} ({_first_line(result)}); {fix}")
+        if filesystem.get_file_info(f"{root}/{PROBE_FOLDER}/{name}-{node_id}").type == pafs.FileType.NotFound:
+            raise ClusterError(f"{what}: node {where} writes {location} on a disk this machine does not see; {fix}")
 
 
 def check_tracking_reach(what: str, uri: str, nodes: list[Node], grows: bool) -> None:
