@@ -181,7 +181,7 @@ def cost_lines(cfg: SweepConfig, hours: tuple[float, float], spec: ClusterSpec |
     per_trial_hour = node.price_per_hour / placement.per_node[landed]
     bills = [h * per_trial_hour + h / cfg.sweep.max_concurrent * head.price_per_hour for h in hours]
     return lines + [f"cost: ~${bills[0]:,.0f} expected, ~${bills[1]:,.0f} with no pruning ({landed} at ${node.price_per_hour:g}/h "
-                    f"for {placement.per_node[landed]} trial(s), head {spec.head} at ${head.price_per_hour:g}/h while "
+                    f"for {placement.per_node[landed]} trial(s), the head ({spec.head}) at ${head.price_per_hour:g}/h while "
                     f"{cfg.sweep.max_concurrent} trials run at once; on-demand prices from cluster.env)"]
 
 
