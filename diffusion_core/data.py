@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fcntl
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,14 +55,14 @@ def to_uint8(images: Tensor) -> Tensor:
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive flock on ``path`` (created if missing) for the duration of the block. In a folder this
     process cannot write, nothing will be written either: no lock is needed there."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")
-    except OSError:
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(open(path, "a"))
+        except OSError:
+            handle = None
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 

@@ -76,7 +76,7 @@ def joined(address: str) -> Iterator[None]:
     """Connected to the cluster as a driver for the block; version and connection failures as one line."""
     try:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
-    except Exception as exc:  # ray raises RuntimeError/ConnectionError/AuthenticationError, each with a long text
+    except (RuntimeError, ConnectionError, ValueError, ray.exceptions.RayError) as exc:  # each with a long text
         text = " ".join(str(exc).split())
         found = re.findall(r"Ray: (\S+) Python: (\S+)", text)
         if text.startswith("Version mismatch") and len(found) == 2:
@@ -99,7 +99,7 @@ def on_every_node(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
     for node, ref in refs.items():
         try:
             results[node] = ray.get(ref, timeout=PROBE_TIMEOUT_S)
-        except Exception as exc:  # the probe's own error (e.g. no permission), or a node that died meanwhile
+        except ray.exceptions.RayError as exc:  # the probe's own error (e.g. no permission), or a node that died meanwhile
             results[node] = exc
     return results
 
@@ -117,10 +117,11 @@ def survey(address: str) -> list[Node]:
     info = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
     nodes = []
     for node_id, result in on_every_node(_probe).items():
+        if node_id not in info:  # joined after the listing above: the next launch checks it
+            continue
         where = info[node_id]["NodeManagerAddress"]
         if isinstance(result, Exception):
-            first = (str(result).strip().splitlines() or [type(result).__name__])[-1]
-            raise ClusterError(f"--address {address}: node {where} cannot run the project ({first[:200]}); `ray up` the cluster again")
+            raise ClusterError(f"--address {address}: node {where} cannot run the project ({_first_line(result)}); `ray up` the cluster again")
         head = "node:__internal_head__" in info[node_id]["Resources"]
         nodes.append(Node(node_id, where, head, result["versions"], result["settings"]))
     return nodes

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,13 @@ from diffusion_core.data import ImageData
 from diffusion_core.inception_weights import fid_inception_skeleton
 from diffusion_core.trainer import Trainer, default_device
 from sweep.config import SweepConfig
-from sweep.nodes import ClusterSpec, describe_placement, load_cluster_spec, place, resolve_cluster_config
+from sweep.nodes import (
+    ClusterSpec,
+    describe_placement,
+    load_cluster_spec,
+    place,
+    resolve_cluster_config,
+)
 
 MEASURE_BATCH = 2  # images per timed pass; times scale linearly to the configured batch size
 MEASURE_SECONDS = 1.0
@@ -81,7 +88,7 @@ def budget(cfg: SweepConfig) -> Budget:
     samples_per_report = base.eval.num_samples * len(base.train.ema_rates)
     bounds = [0, *rungs, max_steps]
     steps = samples = 0.0
-    for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+    for k, (lo, hi) in enumerate(pairwise(bounds)):
         surviving = eta ** -k
         steps += surviving * (hi - lo)
         samples += surviving * samples_per_report * sum(lo < s <= hi for s in reports)
@@ -169,8 +176,9 @@ def throughput(cfg: SweepConfig, measure: bool) -> Throughput | None:
 def cost_lines(cfg: SweepConfig, hours: tuple[float, float], spec: ClusterSpec | None) -> list[str]:
     """The bill for expected and worst-case trial-hours on the node type the trials land on, plus the head."""
     res = cfg.sweep.resources_per_trial
-    lines = [f"GPU-hours: {hours[0] * res.gpu:,.1f} expected, {hours[1] * res.gpu:,.1f} with no pruning "
-             f"({res.gpu:g} GPU per trial)"] if res.gpu else []
+    gpu_hours = (f"GPU-hours: {hours[0] * res.gpu:,.1f} expected, {hours[1] * res.gpu:,.1f} with no pruning "
+                 f"({res.gpu:g} GPU per trial)")
+    lines = [gpu_hours] if res.gpu else []
     if spec is None:
         return lines
     placement = place(spec, res.cpu, res.gpu, cfg.sweep.max_concurrent)
@@ -180,9 +188,10 @@ def cost_lines(cfg: SweepConfig, hours: tuple[float, float], spec: ClusterSpec |
         return lines + [f"cost: give every node type a price in {spec.source.parent.name}/cluster.env (DIFFUSION_SWEEP_NODE_PRICES)"]
     per_trial_hour = node.price_per_hour / placement.per_node[landed]
     bills = [h * per_trial_hour + h / cfg.sweep.max_concurrent * head.price_per_hour for h in hours]
-    return lines + [f"cost: ~${bills[0]:,.0f} expected, ~${bills[1]:,.0f} with no pruning ({landed} at ${node.price_per_hour:g}/h "
-                    f"for {placement.per_node[landed]} trial(s), the head ({spec.head}) at ${head.price_per_hour:g}/h while "
-                    f"{cfg.sweep.max_concurrent} trials run at once; on-demand prices from cluster.env)"]
+    bill = (f"cost: ~${bills[0]:,.0f} expected, ~${bills[1]:,.0f} with no pruning ({landed} at ${node.price_per_hour:g}/h "
+            f"for {placement.per_node[landed]} trial(s), the head ({spec.head}) at ${head.price_per_hour:g}/h while "
+            f"{cfg.sweep.max_concurrent} trials run at once; on-demand prices from cluster.env)")
+    return [*lines, bill]
 
 
 def estimate_lines(cfg: SweepConfig, spec: ClusterSpec | None, measure: bool = False) -> list[str]:
@@ -191,8 +200,8 @@ def estimate_lines(cfg: SweepConfig, spec: ClusterSpec | None, measure: bool = F
     rungs = ", ".join(f"{r:,}" for r in b.rungs) or "none (no pruning)"
     lines = [
         f"ASHA rungs at steps: {rungs}; every trial may train to {cfg.run_config({}).train.max_steps:,}",
-        f"trial-steps: {b.expected_steps:,.0f} expected (1/{cfg.sweep.scheduler.reduction_factor:g} go on at each rung), "
-        f"{b.worst_steps:,.0f} with no pruning",
+        (f"trial-steps: {b.expected_steps:,.0f} expected (1/{cfg.sweep.scheduler.reduction_factor:g} go on at each rung), "
+         f"{b.worst_steps:,.0f} with no pruning"),
         f"evaluated samples: {b.expected_samples:,.0f} expected, {b.worst_samples:,.0f} with no pruning",
     ]
     speed = throughput(cfg, measure)

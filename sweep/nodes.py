@@ -138,7 +138,9 @@ def place(spec: ClusterSpec, cpu: float, gpu: float, concurrent: int) -> Placeme
 
 
 def _scorer(scorer: Any) -> Any:
-    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.node_provider_availability_tracker import (
+        NodeAvailabilitySummary,
+    )
 
     summary = NodeAvailabilitySummary(node_availabilities={})
     return lambda node_resources, resources, node_type: scorer(node_resources, resources, node_type, node_availability_summary=summary)
@@ -149,8 +151,8 @@ def describe_placement(spec: ClusterSpec, cpu: float, gpu: float, concurrent: in
     shape = f"{{cpu: {cpu:g}, gpu: {gpu:g}}}"
     fitting = {name: t.trials_per_node(cpu, gpu) for name, t in spec.types.items() if t.trials_per_node(cpu, gpu)}
     if not fitting:
-        return [f"WARNING: a trial needs {shape}, which no node type of {spec.source.name} has: it would wait forever; "
-                "change sweep.resources_per_trial or add a node type"]
+        return [(f"WARNING: a trial needs {shape}, which no node type of {spec.source.name} has: it would wait forever; "
+                 "change sweep.resources_per_trial or add a node type")]
     placement = place(spec, cpu, gpu, concurrent)
     lines = []
     for name, count in placement.nodes.items():

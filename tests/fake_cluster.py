@@ -154,7 +154,7 @@ def start_head(config: Path, port: int, temp_dir: Path, env: dict[str, str]) -> 
     ports = {f"--{name}={free_port()}" for name in ("dashboard-port", "dashboard-agent-listen-port")}
     cmd = ["ray", "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", "--num-cpus=0", "--num-gpus=0",
            f"--object-store-memory={OBJECT_STORE_BYTES}", f"--autoscaling-config={config}", "--disable-usage-stats", *sorted(ports)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=180)
     if proc.returncode != 0:
         raise RuntimeError(f"ray start failed: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 

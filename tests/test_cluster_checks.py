@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sweep import cluster
-from sweep.cluster import ClusterError, Node, adopt_settings, check_location, check_versions, joined
+from sweep.cluster import (
+    ClusterError,
+    Node,
+    adopt_settings,
+    check_location,
+    check_versions,
+    joined,
+)
 from sweep.config import parse_sweep
 
 MISMATCH = ("Version mismatch: The cluster was started with:\n    Ray: 2.59.0\n    Python: 3.11.4\n"

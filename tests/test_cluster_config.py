@@ -393,7 +393,6 @@ def test_lock_pins_every_dependency_of_the_project_with_hashes():
     """The lock covers pyproject.toml's dependencies, its `cluster` extra and its build requirements, each at a
     version its specifier allows, and every pin carries a hash."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -519,7 +518,8 @@ def test_settings_sh_writes_cluster_env_and_pins_the_image(tmp_path):
     env = {**os.environ, "CLUSTER_DIR": str(copy)}
     proc = run_bash(SETTINGS_SH, "DIFFUSION_SWEEP_STORAGE=s3://b/ray_results", "NEW_SETTING=a b", "IMAGE_ID=ami-0abcdef1234567890", env=env)
     assert proc.returncode == 0, proc.stderr
-    node_env = subprocess.run(["bash", "-c", f"set -u; . {shlex.quote(str(copy / 'cluster.env'))}; env"], capture_output=True, text=True, timeout=30)
+    node_env = subprocess.run(["bash", "-c", f"set -u; . {shlex.quote(str(copy / 'cluster.env'))}; env"], check=True, capture_output=True,
+                              text=True, timeout=30)
     exported = dict(line.split("=", 1) for line in node_env.stdout.splitlines() if "=" in line)
     assert exported["DIFFUSION_SWEEP_STORAGE"] == "s3://b/ray_results" and exported["NEW_SETTING"] == "a b"
     assert (copy / "cluster.env").read_text().count("DIFFUSION_SWEEP_STORAGE=") == 1
@@ -536,7 +536,7 @@ def test_node_prices_in_the_cluster_settings_cover_every_node_type(config):
     probe = "from sweep.nodes import load_cluster_spec; import sys; s = load_cluster_spec(sys.argv[1]); print({n: t.price_per_hour for n, t in s.types.items()})"
     proc = subprocess.run([sys.executable, "-c", probe, str(GPU_YAML)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    prices = eval(proc.stdout)  # noqa: S307 -- a dict literal printed by the line above
+    prices = eval(proc.stdout)
     assert set(prices) == set(load_cluster_spec(GPU_YAML).types) and all(p and p > 0 for p in prices.values())
 
 

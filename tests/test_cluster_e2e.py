@@ -63,7 +63,7 @@ def bucket_files(cluster: FakeCluster, prefix: str) -> list[str]:
 
 def test_sweep_autoscales_workers_checkpoints_to_s3_and_tracks_in_one_server(cluster, tmp_path, small_sweep_fid_cache):
     space = cluster_space(tmp_path, "on-cluster", small_sweep_fid_cache)
-    proc = subprocess.run(launch(cluster, space), cwd=tmp_path, env=cluster.client_env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(launch(cluster, space), check=False, cwd=tmp_path, env=cluster.client_env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Storage and tracking were taken from the cluster's settings: the sweep file names neither.
     assert f"from the cluster's settings: DIFFUSION_SWEEP_STORAGE={cluster.storage}" in proc.stdout
@@ -84,7 +84,7 @@ def test_sweep_autoscales_workers_checkpoints_to_s3_and_tracks_in_one_server(clu
 
 def test_a_local_storage_path_is_refused_before_any_trial(cluster, tmp_path, small_sweep_fid_cache):
     space = cluster_space(tmp_path, "local-storage", small_sweep_fid_cache)
-    proc = subprocess.run(launch(cluster, space, "--storage-path", str(tmp_path / "ray_results")), cwd=tmp_path,
+    proc = subprocess.run(launch(cluster, space, "--storage-path", str(tmp_path / "ray_results")), check=False, cwd=tmp_path,
                           env=cluster.client_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     (line,) = proc.stderr.strip().splitlines()
