@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import re
 import socket
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -104,12 +106,23 @@ def on_every_node(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
     return results
 
 
-def autoscaling() -> bool:
-    """An autoscaler runs (it publishes its status in the cluster's KV store): the cluster can add nodes."""
+def autoscaling(wait_s: float = 15) -> bool:
+    """An autoscaler with node types of its own runs: the cluster can add nodes. Every Ray head publishes an
+    autoscaler status, but without an autoscaling config its node types are the read-only ``node_<id>`` ones.
+    The first report may take an update interval (5 s) after the head starts: wait for it up to ``wait_s``."""
     from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
     from ray.experimental.internal_kv import _internal_kv_get
 
-    return _internal_kv_get(DEBUG_AUTOSCALING_STATUS) is not None
+    deadline = time.monotonic() + wait_s
+    while True:
+        raw = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+        report = json.loads(raw).get("autoscaler_report") if raw else None
+        if report is not None or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    report = report or {}
+    types = {*(report.get("active_nodes") or {}), *(report.get("node_type_mapping") or {}).values()}
+    return any(not re.fullmatch(r"node_[0-9a-f]+", name) for name in types)
 
 
 def survey(address: str) -> list[Node]:

@@ -84,3 +84,18 @@ def test_a_node_writing_to_its_own_disk_is_refused_and_probes_are_removed(tmp_pa
     monkeypatch.setattr(cluster, "on_every_node", lambda fn, location, name: {"head": OSError("Permission denied")})
     with pytest.raises(ClusterError, match=r"node 10.0.0.1 cannot write .* \(Permission denied\)"):
         check_location("space.yaml: sweep.storage_path", shared.as_uri(), nodes, grows=True, fix=cluster.FIX_STORAGE)
+
+
+@pytest.mark.parametrize(("report", "grows"), [
+    ({"active_nodes": {"node_41b1227871670701a3a6": 1}, "node_type_mapping": {"41b1": "node_41b1227871670701a3a6"}}, False),
+    ({"active_nodes": {}, "node_type_mapping": {"fff00000": "ray.head.default"}}, True),
+    ({"active_nodes": {"head": 1, "gpu_1x_a10g": 2}}, True),
+])
+def test_an_autoscaler_with_node_types_of_its_own_means_nodes_can_join(monkeypatch, report, grows):
+    """Every head publishes an autoscaler status; only one started with an autoscaling config names node types."""
+    import json
+
+    import ray.experimental.internal_kv as kv
+
+    monkeypatch.setattr(kv, "_internal_kv_get", lambda key: json.dumps({"monitor_pid": 1, "autoscaler_report": report}).encode())
+    assert cluster.autoscaling(wait_s=0) is grows

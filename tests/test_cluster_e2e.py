@@ -93,21 +93,24 @@ def test_a_local_storage_path_is_refused_before_any_trial(cluster, tmp_path, sma
 
 
 def wait_for_checkpointed_trial(cluster: FakeCluster, experiment: str, proc: subprocess.Popen, timeout_s: float):
-    """The first trial run that has reported a rung (and so a checkpoint) and still runs."""
-    client = MlflowClient(cluster.tracking_uri)
+    """The first trial run that still runs and whose first rung's checkpoint is in the bucket (then a moment more,
+    so that Tune has taken the checkpoint in too)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
+        files = bucket_files(cluster, f"ray_results/{experiment}")
         for run in trial_runs(cluster, experiment):
-            if run.info.status == "RUNNING" and client.get_metric_history(run.info.run_id, "fid"):
+            trial = run.data.tags["diffusion_sweep.trial_id"]
+            if run.info.status == "RUNNING" and any(f"_{trial}_" in f and f.endswith("/checkpoint_last.pt") for f in files):
+                time.sleep(2)
                 return run
-        time.sleep(1)
-    raise AssertionError(f"no trial reported a rung in {timeout_s:.0f} s (sweep exit code {proc.poll()})")
+        time.sleep(0.5)
+    raise AssertionError(f"no trial checkpointed a rung in {timeout_s:.0f} s (sweep exit code {proc.poll()})")
 
 
 def test_a_killed_worker_node_s_trial_resumes_elsewhere_in_its_own_run(cluster, tmp_path, small_sweep_fid_cache):
     space = cluster_space(tmp_path, "node-loss", small_sweep_fid_cache, num_trials=2, scheduler={"type": "fifo"})
     with open(tmp_path / "sweep.log", "w") as log:
-        proc = subprocess.Popen(launch(cluster, space), cwd=tmp_path, env=cluster.client_env,
+        proc = subprocess.Popen(launch(cluster, space, "--set", "train.max_steps=300"), cwd=tmp_path, env=cluster.client_env,
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             victim = wait_for_checkpointed_trial(cluster, "node-loss", proc, timeout_s=600)
@@ -125,4 +128,4 @@ def test_a_killed_worker_node_s_trial_resumes_elsewhere_in_its_own_run(cluster, 
     client = MlflowClient(cluster.tracking_uri)
     for run in runs.values():
         assert run.info.status == "FINISHED"
-        assert {m.step for m in client.get_metric_history(run.info.run_id, "fid")} == {100, 200}
+        assert {m.step for m in client.get_metric_history(run.info.run_id, "fid")} == {100, 200, 300}
