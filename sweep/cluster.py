@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import re
-import socket
 import time
 import urllib.request
 import uuid
@@ -69,8 +68,7 @@ def local_versions() -> dict[str, str]:
 
 def _probe() -> dict[str, Any]:
     """Runs on a node: its versions and its cluster settings."""
-    return {"versions": local_versions(), "settings": {v: os.environ[v] for v in SETTINGS.values() if os.environ.get(v)},
-            "hostname": socket.gethostname()}
+    return {"versions": local_versions(), "settings": {v: os.environ[v] for v in SETTINGS.values() if os.environ.get(v)}}
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 from pyarrow import fs as pafs
 
 from diffusion_core.config import RunConfig
-from diffusion_core.data import file_lock, load_images, stage, staged_file
+from diffusion_core.data import DatasetError, file_lock, load_images, stage, staged_file
 
 FOLDER = "datasets"
 
@@ -34,12 +34,17 @@ def stage_for_sweep(cfg: RunConfig, storage_path: str) -> None:
     if remote is None or cfg.data.dataset == "digits":  # digits: shipped with scikit-learn
         load_images(cfg.data, train=True)
         return
-    filesystem, folder = pafs.FileSystem.from_uri(remote)
-    filesystem.create_dir(folder, recursive=True)
-    for path in (stage(cfg.data, train) for train in _splits(cfg)):
-        target = f"{folder}/{path.name}"
-        if filesystem.get_file_info(target).size != path.stat().st_size:
-            pafs.copy_files(str(path), target, destination_filesystem=filesystem)
+    files = [stage(cfg.data, train) for train in _splits(cfg)]
+    try:
+        filesystem, folder = pafs.FileSystem.from_uri(remote)
+        filesystem.create_dir(folder, recursive=True)
+        for path in files:
+            target = f"{folder}/{path.name}"
+            if filesystem.get_file_info(target).size != path.stat().st_size:
+                pafs.copy_files(str(path), target, destination_filesystem=filesystem)
+    except OSError as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise DatasetError(f"data: cannot stage {cfg.data.dataset} into {remote} ({message}); check sweep.storage_path") from None
 
 
 def fetch_for_trial(cfg: RunConfig, experiment_path: str) -> None:

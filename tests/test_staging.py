@@ -73,3 +73,14 @@ def test_a_missing_staged_dataset_fails_the_trial(tmp_path):
     run = RunConfig.model_validate({"data": {"dataset": "mnist", "root": str(tmp_path / "node"), "download": False}})
     with pytest.raises(FileNotFoundError):
         fetch_for_trial(run, f"{(tmp_path / 'bucket').as_uri()}/sweep")
+
+
+def test_storage_the_driver_cannot_write_is_one_line(tmp_path, monkeypatch):
+    from diffusion_core.data import DatasetError
+
+    monkeypatch.setattr("sweep.staging.stage", lambda cfg, train: tmp_path / "x.npz")
+    (tmp_path / "x.npz").write_bytes(b"x")
+    (tmp_path / "blocked").write_text("a file where the storage folder should be")
+    run = RunConfig.model_validate({"data": {"dataset": "mnist", "root": str(tmp_path)}})
+    with pytest.raises(DatasetError, match=r"^data: cannot stage mnist into file://.*; check sweep.storage_path$"):
+        stage_for_sweep(run, (tmp_path / "blocked").as_uri())
