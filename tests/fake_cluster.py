@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,3 +188,4 @@ def fake_cluster(work: Path) -> Iterator[FakeCluster]:
                 yield FakeCluster(f"127.0.0.1:{port}", temp_dir, client, tracking, storage)
             finally:
                 stop_processes(str(temp_dir))
+                shutil.rmtree(temp_dir, ignore_errors=True)
