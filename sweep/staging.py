@@ -1,6 +1,6 @@
 """A torchvision dataset staged once per cluster. The driver fetches it (one download, under a lock) as one file
 per split in its ``data.root`` and, when the sweep's storage is remote (s3://, gs://), copies those files to
-``<storage>/datasets/``; a trial copies them from there into its own node's ``data.root`` once per node (under a
+``<storage>/.datasets/``; a trial copies them from there into its own node's ``data.root`` once per node (under a
 node-local lock) before it loads the data. No worker downloads the dataset, and no two trials race on a tarball.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pyarrow import fs as pafs
 from diffusion_core.config import RunConfig
 from diffusion_core.data import DatasetError, file_lock, load_images, stage, staged_file
 
-FOLDER = "datasets"
+FOLDER = ".datasets"  # a sweep name never starts with ".": no sweep folder can collide with it
 
 
 def _splits(cfg: RunConfig) -> list[bool]:

@@ -52,7 +52,7 @@ def test_a_split_staged_through_remote_storage_reaches_a_fresh_node(tmp_path):
     run = RunConfig.model_validate({"data": {"dataset": "mnist", "root": str(driver_root), "download": False},
                                     "eval": {"reference_split": "test"}})
     stage_for_sweep(run, storage)
-    assert sorted(p.name for p in (tmp_path / "bucket" / "datasets").iterdir()) == ["mnist-test.npz", "mnist-train.npz"]
+    assert sorted(p.name for p in (tmp_path / "bucket" / ".datasets").iterdir()) == ["mnist-test.npz", "mnist-train.npz"]
 
     node = run.model_copy(update={"data": run.data.model_copy(update={"root": str(tmp_path / "node")})})
     fetch_for_trial(node, f"{storage}/my-sweep")
