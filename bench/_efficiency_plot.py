@@ -11,7 +11,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 -- after choosing the non-interactive backend
 
-
 BANDED = ("random", "asha_tpe")  # the baseline and ours get a min-max band; the others a line, for legibility
 
 

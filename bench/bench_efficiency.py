@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from bench._benchmark import Args, Benchmark, Result, Target
-from bench._markdown import row
 from bench._common import write_result
 from bench._efficiency_plot import plot
 from bench._efficiency_stats import (
@@ -36,6 +35,7 @@ from bench._efficiency_stats import (
     winners_cut,
 )
 from bench._efficiency_table import Table
+from bench._markdown import row
 from bench._replay import replay
 from bench._replay_check import real_check
 from bench._strategies import STRATEGIES, Settings

@@ -7,6 +7,10 @@
 #   BUCKET    S3 bucket for Tune checkpoints and MLflow artifacts (created, private, if missing)
 #   SSH_CIDR  who may SSH to the nodes (default: your current public IP as a /32)
 #
+# Writes the cluster's settings (cluster/settings.sh): in cluster/cluster.env the bucket as the sweeps' storage
+# (DIFFUSION_SWEEP_STORAGE), MLflow's artifact destination and its store's backup; in cluster/gpu.yaml the AMI id,
+# resolved once from the public SSM parameter, so that every node the cluster ever boots runs the same image.
+#
 # Creates if missing, and updates the policies of:
 #   * role + instance profile diffusion-sweep-worker: read/write s3://BUCKET, nothing else
 #   * role + instance profile diffusion-sweep-head: AmazonEC2FullAccess (the autoscaler launches and
@@ -18,7 +22,8 @@
 #     (10001) stay unreachable from outside the cluster.
 #
 # Environment: AWS_REGION (default: provider.region of cluster/gpu.yaml), DRY_RUN=1 (print the AWS
-# calls that change something, one per line, arguments separated by tabs; query nothing).
+# calls that change something, one per line, arguments separated by tabs, and the settings it would write as
+# `settings<TAB>NAME=VALUE` lines; query nothing, write nothing).
 set -euo pipefail
 export AWS_PAGER=""     # AWS CLI v2 would otherwise page every JSON answer
 
@@ -162,4 +167,24 @@ if [ "$DRY_RUN" != "1" ]; then
     aws --region "$REGION" ec2 describe-security-groups --group-ids "$SG" \
         --query 'SecurityGroups[0].IpPermissions' --output table >&2
 fi
+# ---------------------------------------------------------------- the cluster's settings
+AMI_PARAMETER=/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id
+if [ "$DRY_RUN" = "1" ]; then
+    AMI=ami-0123456789abcdef0
+else
+    AMI="$(aws --region "$REGION" ssm get-parameter --name "$AMI_PARAMETER" --query Parameter.Value --output text)"
+fi
+SETTINGS=(
+    "DIFFUSION_SWEEP_STORAGE=s3://$BUCKET/ray_results"
+    "MLFLOW_ARTIFACTS_DESTINATION=s3://$BUCKET/mlflow-artifacts"
+    "MLFLOW_STORE_BACKUP=s3://$BUCKET/mlflow/mlflow.db"
+    "IMAGE_ID=$AMI"
+)
+if [ "$DRY_RUN" = "1" ]; then
+    printf 'settings\t%s\n' "${SETTINGS[@]}"
+else
+    bash "$HERE/settings.sh" "${SETTINGS[@]}" >&2
+fi
+
 echo "done: instance profiles $HEAD_NAME / $WORKER_NAME, security group $SG_NAME ($SG), bucket s3://$BUCKET" >&2
+echo "next: commit cluster/cluster.env and cluster/gpu.yaml (or keep them), then \`ray up cluster/gpu.yaml\`" >&2

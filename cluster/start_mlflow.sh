@@ -3,7 +3,7 @@
 # cluster/gpu.yaml mounts this file as ~/start_mlflow.sh and runs it from head_start_ray_commands, so
 # every `ray up` (re)starts the server.
 #
-#   bash ~/start_mlflow.sh [start|stop|status]      (default: start = stop a running server, start anew)
+#   bash ~/start_mlflow.sh [start|stop|status|backup]  (default: start = stop a running server, start anew)
 #
 # The server binds to the head's PRIVATE IP only: workers reach it inside the VPC, you reach it through
 # an SSH port-forward (docs/cluster.md). It refuses 0.0.0.0, :: and public addresses.
@@ -16,6 +16,10 @@
 #   MLFLOW_BACKEND_STORE_URI      default: sqlite:///$MLFLOW_HOME/mlflow.db (on the head's disk)
 #   MLFLOW_ARTIFACTS_DESTINATION  default: $MLFLOW_HOME/artifacts; e.g. s3://bucket/mlflow-artifacts
 #   MLFLOW_SERVER_WORKERS         server worker processes (default: 2)
+#   MLFLOW_STORE_BACKUP           e.g. s3://bucket/mlflow/mlflow.db: the SQLite store survives `ray down`. On
+#                                 start it is restored from there when the head has none; while the server runs
+#                                 a snapshot goes there every MLFLOW_BACKUP_INTERVAL_S seconds (default 60), and
+#                                 on stop and `backup` at once (python -m sweep.store_sync)
 #   MLFLOW_DRY_RUN=1              print the server command and the tracking URI, start nothing
 #
 # On success it writes the tracking URI (http://<private-ip>:5000) to ~/.mlflow_tracking_uri, which
@@ -34,6 +38,9 @@ PORT="${MLFLOW_PORT:-5000}"
 BACKEND_STORE_URI="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$MLFLOW_HOME/mlflow.db}"
 ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-$MLFLOW_HOME/artifacts}"
 WORKERS="${MLFLOW_SERVER_WORKERS:-2}"
+STORE_BACKUP="${MLFLOW_STORE_BACKUP:-}"
+BACKUP_INTERVAL_S="${MLFLOW_BACKUP_INTERVAL_S:-60}"
+BACKUP_PIDFILE="$MLFLOW_HOME/store-backup.pid"
 PIDFILE="$MLFLOW_HOME/mlflow-server.pid"
 LOGFILE="$MLFLOW_HOME/mlflow-server.log"
 URI_FILE="$HOME/.mlflow_tracking_uri"
@@ -112,6 +119,42 @@ stop_server() {
     rm -f "$PIDFILE"
 }
 
+# The SQLite file behind BACKEND_STORE_URI, when it is one.
+store_file() {
+    case "$BACKEND_STORE_URI" in
+        sqlite:///*) printf '%s\n' "${BACKEND_STORE_URI#sqlite:///}" ;;
+        *) return 1 ;;
+    esac
+}
+
+backup_store() {
+    local db
+    [ -n "$STORE_BACKUP" ] && db="$(store_file)" && [ -f "$db" ] || return 0
+    python -m sweep.store_sync backup "$db" "$STORE_BACKUP"
+}
+
+# Before the server starts on a fresh head: the store of the previous cluster, from the bucket.
+restore_store() {
+    local db
+    [ -n "$STORE_BACKUP" ] && db="$(store_file)" && [ ! -e "$db" ] || return 0
+    python -m sweep.store_sync restore "$STORE_BACKUP" "$db"
+}
+
+stop_backups() {
+    if [ -f "$BACKUP_PIDFILE" ]; then
+        kill -TERM -- "-$(cat "$BACKUP_PIDFILE")" 2>/dev/null || true
+        rm -f "$BACKUP_PIDFILE"
+    fi
+}
+
+# A snapshot to the bucket every BACKUP_INTERVAL_S seconds, in its own session like the server.
+start_backups() {
+    [ -n "$STORE_BACKUP" ] && store_file >/dev/null || return 0
+    [[ "$BACKUP_INTERVAL_S" =~ ^[0-9]+$ ]] || die "MLFLOW_BACKUP_INTERVAL_S must be a number, got '$BACKUP_INTERVAL_S'"
+    nohup setsid bash -c 'echo $$ > "$0"; while sleep "$1"; do bash "$2" backup; done' \
+        "$BACKUP_PIDFILE" "$BACKUP_INTERVAL_S" "$(realpath "$0")" >> "$MLFLOW_HOME/store-backup.log" 2>&1 < /dev/null &
+}
+
 wait_healthy() {
     local i
     for i in $(seq 1 90); do
@@ -132,6 +175,9 @@ start_server() {
     if [ "${MLFLOW_DRY_RUN:-0}" = "1" ]; then
         printf '%q ' "${server_cmd[@]}"
         printf '\nMLFLOW_TRACKING_URI=%s\n' "$TRACKING_URI"
+        if [ -n "$STORE_BACKUP" ] && store_file >/dev/null; then
+            printf 'MLFLOW_STORE_BACKUP=%s every %s s\n' "$STORE_BACKUP" "$BACKUP_INTERVAL_S"
+        fi
         return 0
     fi
     command -v mlflow >/dev/null 2>&1 || die "mlflow is not on PATH (is ~/venv set up?)"
@@ -140,7 +186,9 @@ start_server() {
         *://*) ;;                                   # s3://, gs://, ... : nothing to create
         *) mkdir -p "$ARTIFACTS_DESTINATION" ;;
     esac
+    stop_backups
     stop_server
+    restore_store
     if curl -fsS --max-time 2 "$TRACKING_URI/health" >/dev/null 2>&1; then
         die "something else already serves $TRACKING_URI; stop it or set MLFLOW_PORT"
     fi
@@ -153,12 +201,14 @@ start_server() {
     wait_healthy || die "MLflow server did not become healthy on $TRACKING_URI"
     printf '%s\n' "$TRACKING_URI" > "$URI_FILE.tmp"
     mv "$URI_FILE.tmp" "$URI_FILE"
+    start_backups
     echo "MLflow server is up: MLFLOW_TRACKING_URI=$TRACKING_URI (log: $LOGFILE)"
 }
 
 case "$action" in
     start) start_server ;;
-    stop) stop_server ;;
+    stop) stop_backups; backup_store; stop_server ;;
+    backup) backup_store ;;
     status)
         if server_running; then
             echo "running (pid $(cat "$PIDFILE")) on $TRACKING_URI"
@@ -167,5 +217,5 @@ case "$action" in
             exit 1
         fi
         ;;
-    *) die "unknown action '$action' (use start, stop or status)" ;;
+    *) die "unknown action '$action' (use start, stop, status or backup)" ;;
 esac

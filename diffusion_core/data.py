@@ -3,9 +3,16 @@
 Images are kept as uint8 (N, C, H, W) so that even CIFAR-10 fits on a GPU; batches are converted
 to float in [−1, 1] on the fly. The batch at training step k is a pure function of (seed, k), so a
 restored run continues with exactly the batches it would have seen.
+
+A torchvision dataset is downloaded under a file lock in ``data.root``, so processes that start together
+fetch it once. ``stage`` keeps one split as a single ``<dataset>-<split>.npz`` in that folder, which
+``load_images`` prefers: a sweep stages it once and copies that file to every node (``sweep.staging``).
 """
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion_core.checkpoint import write_atomic
 from diffusion_core.config import DataConfig
 
 
@@ -43,10 +51,54 @@ def to_uint8(images: Tensor) -> Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path`` (created if missing) for the duration of the block. In a folder this
+    process cannot write, nothing will be written either: no lock is needed there."""
+    with ExitStack() as stack:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(open(path, "a"))
+        except OSError:
+            handle = None
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def staged_file(cfg: DataConfig, train: bool) -> Path:
+    """Where ``stage`` keeps one split of ``cfg.dataset`` as a single file."""
+    return Path(cfg.root).expanduser() / f"{cfg.dataset}-{'train' if train else 'test'}.npz"
+
+
+def _read_staged(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return z["images"], z["labels"]
+
+
+def stage(cfg: DataConfig, train: bool) -> Path:
+    """One split of a torchvision dataset as ``staged_file`` (downloaded first if needed), written once."""
+    path = staged_file(cfg, train)
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        if not path.is_file():
+            images, labels = _torchvision(cfg, train)
+            write_atomic(path, lambda f: np.savez(f, images=images, labels=np.asarray(labels, dtype=np.int64)))
+    return path
+
+
 def _torchvision(cfg: DataConfig, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The split from torchvision; with ``download``, under a lock in ``root``, so that concurrent processes
+    fetch it once (without, torchvision only reads)."""
+    root = Path(cfg.root).expanduser()
+    if not cfg.download:
+        return _torchvision_unlocked(cfg, train, root)
+    with file_lock(root / f".{cfg.dataset}.lock"):
+        return _torchvision_unlocked(cfg, train, root)
+
+
+def _torchvision_unlocked(cfg: DataConfig, train: bool, root: Path) -> tuple[np.ndarray, np.ndarray]:
     import torchvision
 
-    root = Path(cfg.root).expanduser()
     try:
         if cfg.dataset == "mnist":
             ds = torchvision.datasets.MNIST(root, train=train, download=cfg.download)
@@ -75,7 +127,12 @@ def _digits(train: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def load_images(cfg: DataConfig, train: bool = True) -> ImageData:
     """The dataset as uint8 tensors, resized to ``cfg.resolution`` and cut to ``cfg.subset``."""
-    images, labels = _digits(train) if cfg.dataset == "digits" else _torchvision(cfg, train)
+    if cfg.dataset == "digits":
+        images, labels = _digits(train)
+    elif staged_file(cfg, train).is_file():
+        images, labels = _read_staged(staged_file(cfg, train))
+    else:
+        images, labels = _torchvision(cfg, train)
     images_t = torch.from_numpy(np.ascontiguousarray(images))
     labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     if cfg.subset is not None and cfg.subset < len(images_t):

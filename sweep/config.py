@@ -56,6 +56,14 @@ class ResourcesConfig(Section):
     gpu: float = Field(default=0, ge=0, le=64)
 
 
+class ThroughputConfig(Section):
+    """One trial's speed on the cluster's device, for ``--dry-run``'s estimate (else it is measured here)."""
+
+    train_steps_per_second: float = Field(gt=0, description="training steps per second of one trial at train.batch_size")
+    samples_per_second: float = Field(gt=0, description="evaluated samples per second: sampling at eval.sampling_steps plus Inception features")
+    measured_on: str = Field(default="configured", description="where the numbers were measured, printed beside the estimate")
+
+
 class SweepSection(Section):
     num_trials: int = Field(default=8, ge=1, le=100_000)
     max_concurrent: int = Field(default=2, ge=1, le=10_000)
@@ -67,6 +75,8 @@ class SweepSection(Section):
     resources_per_trial: ResourcesConfig = Field(default_factory=ResourcesConfig)
     storage_path: PathText = Field(default_factory=lambda: os.environ.get("DIFFUSION_SWEEP_STORAGE", "~/ray_results"))
     max_failures: int = Field(default=2, ge=0, le=100, description="retries of a failed trial from its last checkpoint")
+    throughput: ThroughputConfig | None = Field(default=None, description="one trial's speed for --dry-run's estimate (default: measured here)")
+    cluster_config: PathText = Field(default="cluster/gpu.yaml", description="Ray cluster launcher config whose node types --dry-run places trials on")
 
 
 class TrackingSection(Section):

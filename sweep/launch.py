@@ -16,7 +16,8 @@ from diffusion_core.config import ConfigError, expand_path
 from diffusion_core.data import DatasetError
 from diffusion_core.inception_weights import InceptionWeightsError
 from sweep.config import SweepConfig, load_sweep
-from sweep.preflight import PreflightError, preflight, storage_location
+from sweep.estimate import print_cluster_estimate
+from sweep.preflight import PreflightError, cluster_settings, preflight, storage_location
 from sweep.runner import build_search, run_sweep
 from sweep.space import Dimension, sample_configs
 from sweep.sweep_state import SweepLockedError, sweep_lock
@@ -33,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage-path", help="override sweep.storage_path (a folder, or s3://, gs:// for clusters)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of the same name")
     p.add_argument("--dry-run", action="store_true", help="validate, print the resolved space and sampled configs, start nothing")
+    p.add_argument("--measure", action="store_true", help="with --dry-run: time the model on this machine for the estimate (instead of sweep.throughput)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a value of the file (repeatable)")
     return p.parse_args(argv)
 
@@ -72,7 +74,7 @@ def describe_search(cfg: SweepConfig) -> str:
     return f"{search}, ASHA pruning on FID (grace {cfg.grace_period} steps, reduction factor {s.scheduler.reduction_factor:g})"
 
 
-def dry_run(cfg: SweepConfig) -> None:
+def dry_run(cfg: SweepConfig, measure: bool = False) -> None:
     print(f"{cfg.source}: valid. Sweep {cfg.name!r}: {cfg.sweep.num_trials} trials, at most {cfg.sweep.max_concurrent} at once; "
           f"{describe_search(cfg)}.")
     print("\nFixed values (a dimension shows its first value):")
@@ -89,6 +91,7 @@ def dry_run(cfg: SweepConfig) -> None:
         cfg.run_config(params)
         print("  " + json.dumps(params))
     print(f"\nMLflow: {redact(cfg.tracking.tracking_uri)} (experiment {cfg.experiment!r}); Ray results: {cfg.sweep.storage_path}")
+    print_cluster_estimate(cfg, measure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,18 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(args)
         build_search(cfg, cfg.run_config({}))
+        if args.dry_run:
+            dry_run(cfg, args.measure)
+            return 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.dry_run:
-        dry_run(cfg)
-        return 0
     return start(cfg, args.address or os.environ.get("RAY_ADDRESS") or None, args.resume)
 
 
 def start(cfg: SweepConfig, address: str | None, resume: bool) -> int:
     """Preflight and run the sweep under its lock (one driver per sweep name); 0 when a trial produced a result."""
     try:
+        cluster_settings(cfg, address)
         storage, experiment = storage_location(cfg)
         with sweep_lock(storage, cfg.name):
             checked = preflight(cfg, address, resume, storage, experiment)

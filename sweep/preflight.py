@@ -1,4 +1,5 @@
-"""Checks run before Ray starts: storage, tracking server, dataset, FID weights, resources.
+"""Checks run before any trial starts: on a cluster its versions and what every node reaches (``sweep.cluster``),
+then storage, tracking server, dataset (staged for the cluster), FID weights, resources.
 Each failure is one line naming the key and the fix."""
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from ray import tune
 from ray._common.utils import get_default_ray_temp_dir
 
 from diffusion_core.config import expand_path
-from diffusion_core.data import load_images
 from diffusion_core.inception_weights import InceptionWeights, resolve_inception_weights
+from sweep.cluster import ClusterError, check_cluster
 from sweep.config import SweepConfig
-from sweep.sweep_state import resume_changes, save_sweep_file
+from sweep.staging import stage_for_sweep
+from sweep.sweep_state import SWEEP_FILE, resume_changes, save_sweep_file
 from sweep.tracking import TrackingError, check_reachable, resolve_tracking_uri
 
 
@@ -56,7 +58,8 @@ def storage_location(cfg: SweepConfig) -> tuple[str, str]:
 def check_experiment(cfg: SweepConfig, experiment: str, resume: bool) -> dict[str, tuple[Any, Any]]:
     """A new sweep must not exist yet; a resumed one must, with the same file except for ``SAFE_ON_RESUME`` keys
     (returned, to be recorded). Run under the sweep's lock, so that two launches cannot both pass."""
-    exists = tune.Tuner.can_restore(experiment)
+    leftovers = [] if _is_remote(experiment) or not Path(experiment).is_dir() else [p for p in Path(experiment).iterdir() if p.name != SWEEP_FILE]
+    exists = tune.Tuner.can_restore(experiment) or bool(leftovers)
     if exists and not resume:
         raise PreflightError(f"{cfg.source}: name: a sweep named {cfg.name!r} already exists at {experiment}; pass --resume to continue it, or choose another name")
     if resume and not exists:
@@ -111,14 +114,26 @@ def check_resources(cfg: SweepConfig, local: bool) -> None:
         raise PreflightError(f"{cfg.source}: sweep.resources_per_trial.gpu: {wanted.gpu} GPUs per trial, but this machine has {have}; set gpu: 0 or pass --address of a GPU cluster")
 
 
+def cluster_settings(cfg: SweepConfig, address: str | None) -> None:
+    """On a cluster (``address``): it answers, runs this machine's versions, lends its storage and tracking settings
+    where the sweep names none (printed), and every node reaches them. Runs before the storage path is used."""
+    check_address(address)
+    if address is None:
+        return
+    try:
+        for setting in check_cluster(cfg, address, resolve_tracking_uri):
+            print(f"from the cluster's settings: {setting}", flush=True)
+    except ClusterError as exc:
+        raise PreflightError(str(exc)) from None
+
+
 def preflight(cfg: SweepConfig, address: str | None, resume: bool, storage: str, experiment: str) -> Checked:
     """Everything checked before Ray starts (under the sweep's lock): resources, the experiment folder and, on
-    ``--resume``, the file's changes, the tracking store, the dataset and the FID weights."""
-    check_address(address)
+    ``--resume``, the file's changes, the tracking store, the dataset (staged for a cluster) and the FID weights."""
     check_resources(cfg, local=address is None)
     changes = check_experiment(cfg, experiment, resume)
     uri = check_tracking(cfg)
     base = cfg.run_config({})
-    load_images(base.data, train=True)
+    stage_for_sweep(base, storage)
     weights = resolve_inception_weights(base.eval.inception_weights)
     return Checked(uri, storage, experiment, weights, changes)

@@ -25,6 +25,7 @@ from diffusion_core.trainer import DivergenceError, Trainer
 from sweep.artifacts import CHECKPOINTS, SAMPLES_KEY, SAMPLING_STUDY
 from sweep.config import SweepConfig
 from sweep.sampling_study import describe, run_sampling_study
+from sweep.staging import fetch_for_trial
 from sweep.tracking import STATUS_TAG, QueuedRun, TrackedRun, open_tracker
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
     """Function trainable; ``config`` is the flat ``{key.path: value}`` dict sampled by Optuna."""
     os.environ.update(TRIAL_HTTP)
     cfg = sweep.run_config(config)
-    torch.set_num_threads(max(1, int(sweep.sweep.resources_per_trial.cpu)))
+    torch.set_num_threads(max(1, min(int(sweep.sweep.resources_per_trial.cpu), os.cpu_count() or 1)))
+    fetch_for_trial(cfg, experiment_path)
     trainer = Trainer(cfg)
     loop = RungLoop(trainer, Evaluator(cfg, trainer.device), staging_folder(experiment_path))
     restore(loop)

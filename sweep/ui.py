@@ -24,14 +24,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(backend_store_uri: str, artifact_root: Path, log_file: Path, timeout_s: float = 120, port: int | None = None) -> Iterator[str]:
+def mlflow_server(backend_store_uri: str, artifact_root: Path | str, log_file: Path, timeout_s: float = 120,
+                  port: int | None = None) -> Iterator[str]:
     """Run ``mlflow server`` on 127.0.0.1 (on ``port``, else a free one) with one worker; yields its base URL
     ``http://127.0.0.1:PORT``.
 
-    ``artifact_root``: where new runs would store artifacts (the sweep's runs keep their own file:// URIs)."""
+    ``artifact_root``: a folder or an object-store URI (``s3://...``) where the runs created through the server
+    store their artifacts (it proxies them); runs created elsewhere keep their own artifact URIs."""
     port = port or free_port()
+    destination = artifact_root if isinstance(artifact_root, str) and "://" in artifact_root else Path(artifact_root).resolve().as_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1",
-           "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifact_root.resolve().as_uri()]
+           "--backend-store-uri", backend_store_uri, "--artifacts-destination", destination]
     url = f"http://{HOST}:{port}"
     with open(log_file, "ab") as log:
         # its own process group: `mlflow server` runs uvicorn as a child, which must stop with it

@@ -29,7 +29,11 @@ START_MLFLOW = CLUSTER / "start_mlflow.sh"
 NODE_ENV = CLUSTER / "node_env.sh"
 AWS_SETUP = CLUSTER / "aws_setup.sh"
 MLFLOW_TUNNEL = CLUSTER / "mlflow_tunnel.sh"
-SHELL_SCRIPTS = [START_MLFLOW, NODE_ENV, AWS_SETUP, MLFLOW_TUNNEL]
+SETTINGS_SH = CLUSTER / "settings.sh"
+LOCK_SH = CLUSTER / "lock.sh"
+LOCK = CLUSTER / "requirements.lock"
+SHELL_SCRIPTS = [START_MLFLOW, NODE_ENV, AWS_SETUP, MLFLOW_TUNNEL, SETTINGS_SH, LOCK_SH]
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==(\S+) \\$", re.MULTILINE)
 
 TOKEN_REMOTE_PATH = "~/.ray/auth_token"
 # Known instance types -> (vCPUs, GPUs), to check the advertised Ray resources against the hardware.
@@ -357,24 +361,80 @@ def test_min_max_workers_sane(config, prepared):
     assert head.get("min_workers", 0) == 0 and head.get("max_workers", 0) == 0
 
 
-def test_setup_installs_project_with_cuda_torch(config):
+def lock_pins() -> dict[str, str]:
+    return {name.lower().replace("_", "-"): version for name, version in PIN.findall(LOCK.read_text())}
+
+
+def test_setup_installs_exactly_the_lock_then_the_project(config):
+    """Every node: the lock, with hashes, then the project without dependencies (they are all in the lock)."""
     setup = config["setup_commands"]
     project_mount = config["file_mounts"]["~/diffusion-sweep"]
     assert (REPO / project_mount / "pyproject.toml").is_file()
-    assert 'name = "diffusion-sweep"' in (REPO / project_mount / "pyproject.toml").read_text()
-    i_project = next(i for i, c in enumerate(setup) if re.search(r"pip install\b.*-e\s+~/diffusion-sweep\b", c))
-    i_torch = next(i for i, c in enumerate(setup) if re.search(r"pip install\b.*\btorch\b.*download\.pytorch\.org/whl/cu\d+", c))
-    assert i_torch < i_project, "install the CUDA torch build before the project (else PyPI's build is used)"
+    i_lock = next(i for i, c in enumerate(setup) if re.search(r"uv pip sync\b.*--require-hashes\b.*~/diffusion-sweep/cluster/requirements\.lock", c))
+    i_project = next(i for i, c in enumerate(setup) if re.search(r"pip install\b.*--no-deps\b.*-e\s+~/diffusion-sweep\b", c))
+    assert i_lock < i_project
 
 
-def test_cluster_ray_version_matches_installed_ray(config):
-    """`ray up` / job submission want the same Ray on your machine and on the cluster."""
+def test_no_unpinned_install_in_cluster_files(config):
+    """Every install in gpu.yaml and the cluster scripts is the lock, the project itself, or `name==version`; every
+    downloaded installer names its version."""
+    commands = all_commands(config) + [line for script in SHELL_SCRIPTS for line in script.read_text().splitlines()
+                                       if not line.lstrip().startswith("#")]
+    for cmd in commands:
+        for install in re.findall(r"pip install ([^;|&]*)", cmd):
+            args = [a.strip("'\"") for a in install.split() if not a.startswith("-") and not a.startswith("~/venv")]
+            assert "-e" in install or all("==" in a for a in args), f"unpinned install: {cmd}"
+        for url in re.findall(r"(https?://\S+)\s*\|[^|]*\b(?:ba)?sh\b", cmd):  # an installer piped to a shell
+            assert re.search(r"/\d+\.\d+\.\d+/", url), f"installer without a version: {url}"
+        assert "pip sync" not in cmd or "--require-hashes" in cmd, cmd
+
+
+def test_lock_pins_every_dependency_of_the_project_with_hashes():
+    """The lock covers pyproject.toml's dependencies, its `cluster` extra and its build requirements, each at a
+    version its specifier allows, and every pin carries a hash."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = project["project"]["dependencies"] + project["project"]["optional-dependencies"]["cluster"] + project["build-system"]["requires"]
+    pins = lock_pins()
+    for line in wanted:
+        req = Requirement(line)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not in cluster/requirements.lock: run cluster/lock.sh"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} does not satisfy {line}"
+    blocks = re.split(r"\n(?=\S)", LOCK.read_text().split("\n", 2)[2])
+    assert all("--hash=sha256:" in block for block in blocks if "==" in block)
+
+
+def test_cluster_versions_match_this_machine_and_ci(config):
+    """The lock holds this machine's Ray (clients and cluster must match) and CI's torch; the nodes' Python is the
+    one the lock was resolved for."""
     import ray
 
-    pins = set()
-    for cmd in config["setup_commands"]:
-        pins.update(re.findall(r"ray\[[^\]]*\]==([0-9][^\s\"']*)", cmd))
-    assert pins == {ray.__version__}, f"cluster installs ray {pins}, local ray is {ray.__version__}"
+    pins = lock_pins()
+    assert pins["ray"] == ray.__version__
+    ci = (REPO / ".ci" / "run").read_text()
+    for name in ("torch", "torchvision"):
+        assert f'"{name}=={pins[name]}"' in ci
+    minor = re.search(r"PYTHON_MINOR=(\d+\.\d+)", LOCK_SH.read_text()).group(1)
+    (python,) = re.findall(r"--python (\d+\.\d+\.\d+)", " ".join(config["setup_commands"]))
+    assert python.startswith(minor + ".") and f"for Python {minor} on" in LOCK.read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("space", ["cifar", "mnist"])
+def test_trials_fill_the_node_type_they_land_on(space):
+    """The shipped GPU sweeps' resources_per_trial use every GPU of the node type Ray's autoscaler picks."""
+    from sweep.config import load_sweep
+    from sweep.nodes import load_cluster_spec, place
+
+    cfg = load_sweep(REPO / "search_spaces" / f"{space}.yaml")
+    res, spec = cfg.sweep.resources_per_trial, load_cluster_spec(GPU_YAML)
+    placement = place(spec, res.cpu, res.gpu, cfg.sweep.max_concurrent)
+    assert placement.waiting == 0 and placement.nodes
+    for name, per_node in placement.per_node.items():
+        node = spec.types[name]
+        assert per_node * res.gpu == node.gpu and per_node * res.cpu <= node.cpu, (name, per_node)
 
 
 def test_file_mount_sources_exist(config):
@@ -439,6 +499,52 @@ def test_aws_setup_dry_run_opens_only_ssh_from_the_given_cidr():
     cfg = yaml.safe_load(GPU_YAML.read_text())
     profiles = {t["node_config"]["IamInstanceProfile"]["Name"] for t in cfg["available_node_types"].values()}
     assert profiles == set(policies)
+
+
+def test_aws_setup_writes_the_bucket_and_one_image_into_the_cluster_settings():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = run_bash(AWS_SETUP, "my-sweep-bucket", "198.51.100.4/32", env={**env, "DRY_RUN": "1"})
+    assert proc.returncode == 0, proc.stderr
+    settings = dict(line.split("\t", 1)[1].split("=", 1) for line in proc.stdout.splitlines() if line.startswith("settings\t"))
+    assert settings["DIFFUSION_SWEEP_STORAGE"] == "s3://my-sweep-bucket/ray_results"
+    assert settings["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://my-sweep-bucket/")
+    assert settings["MLFLOW_STORE_BACKUP"].startswith("s3://my-sweep-bucket/")
+    assert re.fullmatch(r"ami-[0-9a-f]+", settings["IMAGE_ID"])
+
+
+def test_settings_sh_writes_cluster_env_and_pins_the_image(tmp_path):
+    copy = tmp_path / "cluster"
+    shutil.copytree(CLUSTER, copy)
+    env = {**os.environ, "CLUSTER_DIR": str(copy)}
+    proc = run_bash(SETTINGS_SH, "DIFFUSION_SWEEP_STORAGE=s3://b/ray_results", "NEW_SETTING=a b", "IMAGE_ID=ami-0abcdef1234567890", env=env)
+    assert proc.returncode == 0, proc.stderr
+    node_env = subprocess.run(["bash", "-c", f"set -u; . {shlex.quote(str(copy / 'cluster.env'))}; env"], check=True, capture_output=True,
+                              text=True, timeout=30)
+    exported = dict(line.split("=", 1) for line in node_env.stdout.splitlines() if "=" in line)
+    assert exported["DIFFUSION_SWEEP_STORAGE"] == "s3://b/ray_results" and exported["NEW_SETTING"] == "a b"
+    assert (copy / "cluster.env").read_text().count("DIFFUSION_SWEEP_STORAGE=") == 1
+    cfg = yaml.safe_load((copy / "gpu.yaml").read_text())
+    assert {t["node_config"]["ImageId"] for t in cfg["available_node_types"].values()} == {"ami-0abcdef1234567890"}
+    for bad in ("IMAGE_ID=resolve:ssm:/x", "X=$(reboot)", "lower=1"):
+        assert run_bash(SETTINGS_SH, bad, env=env).returncode == 2
+
+
+def test_node_prices_in_the_cluster_settings_cover_every_node_type(config):
+    from sweep.nodes import load_cluster_spec
+
+    env = {k: v for k, v in os.environ.items() if k != "DIFFUSION_SWEEP_NODE_PRICES"}
+    probe = "from sweep.nodes import load_cluster_spec; import sys; s = load_cluster_spec(sys.argv[1]); print({n: t.price_per_hour for n, t in s.types.items()})"
+    proc = subprocess.run([sys.executable, "-c", probe, str(GPU_YAML)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    prices = eval(proc.stdout)
+    assert set(prices) == set(load_cluster_spec(GPU_YAML).types) and all(p and p > 0 for p in prices.values())
+
+
+def test_mlflow_store_is_backed_up_to_the_bucket(fake_node):
+    env = fake_node("10.0.3.7", {"MLFLOW_STORE_BACKUP": "s3://b/mlflow/mlflow.db"})
+    proc = run_bash(START_MLFLOW, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "MLFLOW_STORE_BACKUP=s3://b/mlflow/mlflow.db every 60 s" in proc.stdout
 
 
 def test_aws_setup_refuses_world_ssh():

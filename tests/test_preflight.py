@@ -54,6 +54,7 @@ def test_preflight_failure_is_one_line_and_exit_1(tmp_path, capsys, no_ray, monk
 
 def test_existing_sweep_without_resume_is_refused(tmp_path, capsys, no_ray):
     (tmp_path / "ray_results" / "smoke").mkdir(parents=True)
+    (tmp_path / "ray_results" / "smoke" / "tuner.pkl").write_bytes(b"")  # what Ray leaves of a sweep it started
     args = [SMOKE, "--storage-path", str(tmp_path / "ray_results"), "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'm.db'}"]
     assert main(args) == 1
     err = capsys.readouterr().err
