@@ -384,8 +384,9 @@ def test_no_unpinned_install_in_cluster_files(config):
         for install in re.findall(r"pip install ([^;|&]*)", cmd):
             args = [a.strip("'\"") for a in install.split() if not a.startswith("-") and not a.startswith("~/venv")]
             assert "-e" in install or all("==" in a for a in args), f"unpinned install: {cmd}"
-        for url in re.findall(r"(https?://\S+)\s*\|[^|]*\b(?:ba)?sh\b", cmd):  # an installer piped to a shell
-            assert re.search(r"/\d+\.\d+\.\d+/", url), f"installer without a version: {url}"
+        assert not re.search(r"https?://\S+\s*\|[^|]*\b(?:ba)?sh\b", cmd), f"a downloaded script piped to a shell: {cmd}"
+        for target in re.findall(r"curl [^|;&]*-\w*o (\S+)", cmd):  # every downloaded file is checked before use
+            assert f"  {target}' | sha256sum -c" in cmd, f"downloaded without a sha256 check: {cmd}"
         assert "pip sync" not in cmd or "--require-hashes" in cmd, cmd
 
 
@@ -572,3 +573,9 @@ def test_yaml_commands_are_valid_bash(config):
     for cmd in all_commands(config):
         proc = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True)
         assert proc.returncode == 0, f"{cmd!r}: {proc.stderr}"
+
+
+def test_every_node_requires_imdsv2(config):
+    """IMDSv2 only: a process on a node (or a server it talks to, SSRF) cannot read the role's credentials with a GET."""
+    for name, node_type in config["available_node_types"].items():
+        assert node_type["node_config"]["MetadataOptions"]["HttpTokens"] == "required", name
