@@ -4,7 +4,9 @@ course of training") and the last trainer checkpoint, and hand each rung to a ca
 
 ``python -m diffusion_core.train`` and the Ray Tune trainable are adapters over it: one writes files and a
 progress bar, the other reports to Tune and the tracker. Both write the same two files into the loop's folder:
-``checkpoint_last.pt`` (a trainer checkpoint, to continue) and ``checkpoint_best.pt`` (a model file).
+``checkpoint_last.pt`` (a trainer checkpoint, to continue) and ``checkpoint_best.pt`` (a model file). In
+data-parallel training (``sweep.finalize``) rank 0's loop evaluates and writes them; the other ranks' loops have no
+evaluator and only train, rung by rung in step with it.
 """
 from __future__ import annotations
 
@@ -46,16 +48,18 @@ class Rung:
     step: int
     losses: list[float]
     train_seconds: float
-    evaluation: BankEvaluation
+    evaluation: BankEvaluation | None  # None in a loop without an evaluator (a data-parallel rank other than 0)
     best: Best
     improved: bool  # this rung's best EMA is the new best model (written to BEST)
     final: bool  # the run reached train.max_steps
-    model: nn.Module = field(repr=False)  # this rung's best EMA network
+    model: nn.Module | None = field(repr=False)  # this rung's best EMA network (None without an evaluation)
 
     def metrics(self) -> dict[str, float]:
         """What a rung reports: mean loss, training time, the bank's evaluation and the best rung so far."""
-        return {"loss": sum(self.losses) / len(self.losses), "train_seconds": self.train_seconds,
-                **self.evaluation.metrics(), "best_fid": self.best.fid, "best_ema_rate": self.best.ema_rate}
+        trained = {"loss": sum(self.losses) / len(self.losses), "train_seconds": self.train_seconds}
+        if self.evaluation is None:
+            return trained
+        return {**trained, **self.evaluation.metrics(), "best_fid": self.best.fid, "best_ema_rate": self.best.ema_rate}
 
 
 def next_rung(step: int, every_steps: int, max_steps: int) -> int:
@@ -65,9 +69,10 @@ def next_rung(step: int, every_steps: int, max_steps: int) -> int:
 
 class RungLoop:
     """Trains ``trainer`` rung by rung, writing ``LAST`` and ``BEST`` into ``folder``; ``extra`` is the caller's
-    state (e.g. its tracking run id), saved in every ``LAST`` and given back by ``restore``."""
+    state (e.g. its tracking run id), saved in every ``LAST`` and given back by ``restore``. Without an
+    ``evaluator`` the loop only trains: no evaluation, no files (a data-parallel rank other than 0)."""
 
-    def __init__(self, trainer: Trainer, evaluator: Evaluator, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, trainer: Trainer, evaluator: Evaluator | None, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
         self.trainer, self.evaluator = trainer, evaluator
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -98,14 +103,17 @@ class RungLoop:
         return self.best
 
     def _rung(self, losses: list[float], train_seconds: float) -> Rung:
+        step = self.trainer.step
+        final = step >= self.trainer.cfg.train.max_steps
+        if self.evaluator is None:
+            return Rung(step, losses, train_seconds, None, self.best, False, final, None)
         models = self.trainer.emas.models()
         evaluation = evaluate_bank(self.evaluator, models, self.trainer.schedule)
-        result, step = evaluation.best, self.trainer.step
+        result = evaluation.best
         improved = self.best.improved_by(evaluation)
         if improved:
             self.best = Best(step, result.fid, result.kid, evaluation.best_rate)
             save_model(self.folder / BEST, models[evaluation.best_rate].state_dict(), self.trainer.cfg,
                        {**asdict(self.best), "kid_std": result.kid_std})
         self.trainer.save_checkpoint(self.folder / LAST, extra={**self.extra, "best": asdict(self.best)})
-        final = step >= self.trainer.cfg.train.max_steps
         return Rung(step, losses, train_seconds, evaluation, self.best, improved, final, models[evaluation.best_rate])
