@@ -1,6 +1,6 @@
 """One training run without Ray: ``python -m diffusion_core.train CONFIG.yaml [--set key=value ...]``.
 
-Reads the same sections as a sweep file (``sweep`` and ``tracking`` are ignored; search dimensions
+Reads the same sections as a sweep file (``sweep``, ``final`` and ``tracking`` are ignored; search dimensions
 are refused), trains with periodic FID/KID evaluation, and writes checkpoints (last and best FID),
 sample grids and a metrics log under ``output_dir/name``. Re-running continues from the last
 checkpoint.
@@ -39,7 +39,7 @@ from diffusion_core.inception_weights import InceptionWeightsError
 from diffusion_core.loop import LAST, Best, Rung, RungLoop
 from diffusion_core.trainer import DivergenceError, Trainer
 
-SWEEP_ONLY_SECTIONS = ("sweep", "tracking")
+SWEEP_ONLY_SECTIONS = ("sweep", "final", "tracking")
 
 
 def _refuse_search_dimensions(raw: dict, source: str, prefix: str = "") -> None:

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import torch
 
 from diffusion_core.data import load_images
@@ -63,6 +64,20 @@ def check_tracking(cfg: SweepConfig) -> str:
     return uri
 
 
+def check_study(cfg: SweepConfig, resume: bool) -> None:
+    """A new sweep starts a new Optuna study: one left in ``sweep.study_storage`` under the same name would feed
+    the old sweep's trials to the searcher."""
+    url = cfg.study_storage
+    if resume or (url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists()):
+        return
+    try:
+        names = optuna.study.get_all_study_names(url)
+    except Exception as exc:  # optuna/SQLAlchemy raise many types for a bad URL or an unreachable database
+        raise PreflightError(f"{cfg.source}: sweep.study_storage: cannot open {url} ({str(exc).splitlines()[0][:200]})") from None
+    if cfg.name in names:
+        raise PreflightError(f"{cfg.source}: name: an Optuna study {cfg.name!r} already exists in {url}; pass --resume to continue it, or choose another name")
+
+
 def check_resources(cfg: SweepConfig, local: bool) -> None:
     wanted = cfg.sweep.resources_per_trial
     if not local:
@@ -78,6 +93,7 @@ def check_resources(cfg: SweepConfig, local: bool) -> None:
 def preflight(cfg: SweepConfig, address: str | None, resume: bool) -> Checked:
     check_resources(cfg, local=address is None)
     storage, experiment = check_storage(cfg, resume)
+    check_study(cfg, resume)
     uri = check_tracking(cfg)
     base = cfg.run_config({})
     load_images(base.data, train=True)

@@ -34,6 +34,7 @@ from sweep.tracking import TRIAL_TAG, TrackedRun, Tracker, open_tracker
 from sweep.trainable import run_trial
 
 METRIC, MODE = "fid", "min"
+STUDY_STORAGE_TAG, STUDY_NAME_TAG = "optuna_storage", "optuna_study"  # the parent run's pointer to the stored study
 
 
 class RungAwareOptunaSearch(OptunaSearch):
@@ -102,6 +103,20 @@ def make_scheduler(cfg: SweepConfig, base: RunConfig) -> TrialScheduler:
     )
 
 
+def enqueued_points(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """``sweep.enqueue`` as Optuna's fixed parameters (a non-primitive choice by its label, as the study holds it)."""
+    kinds = {d.path: d.kind for d in cfg.dimensions}
+    return [{path: categorical_label(v) if kinds[path] == "choice" else v for path, v in point.items()} for point in cfg.sweep.enqueue]
+
+
+def study_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
+    """The sweep's study in an RDB storage (its SQLite folder created), so optuna-dashboard can open it."""
+    url = cfg.study_storage
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url)
+
+
 @dataclass
 class SweepTracking:
     """The sweep in the tracker: the store, the sweep's experiment and its parent run."""
@@ -122,7 +137,8 @@ def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracking: S
         return tune.Tuner.restore(checked.experiment_path, trainable, resume_unfinished=True, resume_errored=True)
     max_steps = base.train.max_steps
     searcher = RungAwareOptunaSearch(space=make_space(cfg.dimensions), metric=METRIC, mode=MODE, max_step=max_steps,
-                                     sampler=make_sampler(cfg))
+                                     sampler=make_sampler(cfg), points_to_evaluate=enqueued_points(cfg) or None,
+                                     storage=study_storage(cfg), study_name=cfg.name)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's default console output ignores progress_reporter
     reporter = tune.CLIReporter(
         metric_columns={"step": "step", "fid": "last FID", "best_fid": "best FID", "kid": "KID", "loss": "loss"},
@@ -179,10 +195,11 @@ def write_up(cfg: SweepConfig, checked: Checked, tracking: SweepTracking, sweep:
     finish_parent(tracking, sweep)
     log_best_interpolations(tracking.tracker, sweep)
     uri = tracking.tracker.uri
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    ui = f"mlflow ui --backend-store-uri {uri}, then " if uri.startswith("sqlite") else ""
     print_summary(sweep, [f"Ray results: {checked.experiment_path}",
                           f"MLflow: {uri}, experiment {cfg.experiment!r}, parent run {tracking.parent.run_id}",
-                          f"Browse: {ui}  (then http://127.0.0.1:5000)"])
+                          f"Browse: {ui}{tracking.tracker.runs_page(tracking.experiment_id)}",
+                          f"Optuna study {cfg.name!r}: optuna-dashboard {cfg.study_storage}"])
     report_after_sweep(tracking.tracker, cfg, checked.experiment_path, tracking.parent.run_id)
 
 
@@ -191,7 +208,9 @@ def open_tracking(cfg: SweepConfig, checked: Checked, resume: bool) -> SweepTrac
     ~3 s of the driver's start)."""
     tracker = open_tracker(checked.tracking_uri)
     experiment_id = tracker.experiment(cfg.experiment)
-    parent = tracker.start_sweep(experiment_id, cfg.name, resume, {"source_file": cfg.source, "inception_weights_sha256": checked.weights.sha256})
+    tags = {"source_file": cfg.source, "inception_weights_sha256": checked.weights.sha256,
+            STUDY_STORAGE_TAG: cfg.study_storage, STUDY_NAME_TAG: cfg.name}
+    parent = tracker.start_sweep(experiment_id, cfg.name, resume, tags)
     if not resume:
         parent.log_text(Path(cfg.source).read_text(), "search_space.yaml")
         parent.log_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False), RESOLVED_SPACE)
@@ -211,6 +230,7 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
         # "local": a Ray of this sweep's own, never whatever cluster `ray start` last recorded on the machine
         ray.init(address=address or "local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
         tracking = opening.result()
+        print(f"MLflow runs of the sweep: {tracking.tracker.runs_page(tracking.experiment_id)}", flush=True)
         try:
             results = build_tuner(cfg, base, checked, tracking, resume).fit()
         except KeyboardInterrupt:

@@ -74,6 +74,23 @@ def final_rung_study(rung: Rung, sweep: SweepConfig, loop: RungLoop, run: Tracke
     return {**study.metrics(), "sampling_best": best}
 
 
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def trial_run_name(trial_name: str, config: dict[str, Any], limit: int = 250) -> str:
+    """What a trial's run is called: its number and sampled values, e.g. ``trial 3: lr=0.0012 schedule=cosine``
+    (a dimension by the last part of its path, unless two dimensions share it)."""
+    number = trial_name.rsplit("_", 1)[-1]
+    leaves = [path.rsplit(".", 1)[-1] for path in config]
+    keys = [leaf if leaves.count(leaf) == 1 else path for path, leaf in zip(config, leaves)]
+    values = " ".join(f"{key}={_short(value)}" for key, value in zip(keys, config.values()))
+    label = f"trial {int(number)}" if number.isdigit() else trial_name
+    return f"{label}: {values}"[:limit] if values else label
+
+
 def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, experiment_id: str, parent_run_id: str,
               experiment_path: str) -> None:
     """Function trainable; ``config`` is the flat ``{key.path: value}`` dict sampled by Optuna."""
@@ -87,8 +104,8 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
     weights = loop.evaluator.features.weights
     tags = {**node, "num_parameters": str(trainer.model.num_parameters()), "restored_at_step": str(trainer.step),
             "inception_weights": str(weights.path), "inception_weights_sha256": weights.sha256}
-    run = open_tracker(tracking_uri).trial_run(experiment_id, parent_run_id, context.get_trial_id(), context.get_trial_name(),
-                                               config, tags, loop.extra.get("run_id"))
+    name = trial_run_name(context.get_trial_name(), config)
+    run = open_tracker(tracking_uri).trial_run(experiment_id, parent_run_id, context.get_trial_id(), name, config, tags, loop.extra.get("run_id"))
     loop.extra["run_id"] = run.run_id
 
     def report(rung: Rung) -> None:
