@@ -42,7 +42,12 @@ def staging_folder(experiment_path: str) -> Path:
 
 def restore(loop: RungLoop) -> None:
     """Continue from Tune's latest checkpoint; if it is corrupt, from the newest earlier one that loads."""
-    checkpoint = tune.get_checkpoint()
+    restore_from(loop, tune.get_checkpoint())
+
+
+def restore_from(loop: RungLoop, checkpoint: tune.Checkpoint | None) -> None:
+    """Continue from ``checkpoint`` (Tune's or Ray Train's latest); if it is corrupt, from the newest earlier one
+    that loads."""
     if checkpoint is None:
         return
     with checkpoint.as_directory() as folder:
@@ -61,6 +66,15 @@ def restore(loop: RungLoop) -> None:
         log.warning("%s; continuing from the previous good checkpoint %s (step %d)", error, candidate, loop.trainer.step)
         return
     raise error
+
+
+def log_rung(run: TrackedRun, rung: Rung, metrics: dict[str, float], folder: Path) -> None:
+    """A rung in the tracker: its metrics, its best EMA's sample grid (key ``samples`` at the rung's step, for the
+    UI's image comparison) and, when it improved, the new best model file."""
+    run.log_metrics(metrics, rung.step)
+    run.log_image(encode_png(rung.evaluation.best.grid).numpy().tobytes(), SAMPLES_KEY, rung.step)
+    if rung.improved:
+        run.log_file(folder / BEST, CHECKPOINTS)
 
 
 def final_rung_study(rung: Rung, sweep: SweepConfig, loop: RungLoop, run: TrackedRun) -> dict[str, Any]:
@@ -111,10 +125,7 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
     def report(rung: Rung) -> None:
         metrics = rung.metrics()
         study = final_rung_study(rung, sweep, loop, run) if rung.final and sweep.sampling_search is not None else {}
-        run.log_metrics({**metrics, **{k: v for k, v in study.items() if k != "sampling_best"}}, rung.step)
-        run.log_image(encode_png(rung.evaluation.best.grid).numpy().tobytes(), SAMPLES_KEY, rung.step)
-        if rung.improved:
-            run.log_file(loop.folder / BEST, CHECKPOINTS)
+        log_rung(run, rung, {**metrics, **{k: v for k, v in study.items() if k != "sampling_best"}}, loop.folder)
         tune.report({**metrics, **study, "step": rung.step, "run_id": run.run_id, "node_id": node["node_id"]},
                     checkpoint=tune.Checkpoint.from_directory(loop.folder))
 

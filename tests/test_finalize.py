@@ -3,16 +3,29 @@ the run one process trains, and a restored run repeats itself exactly), the rung
 the command end to end on the smoke sweep."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import tiny_config
+from helpers import FID_WEIGHTS, image_steps, store_uri, sweep_runs, tiny_config
+from mlflow.tracking import MlflowClient
 
+from diffusion_core.checkpoint import load_model
+from diffusion_core.config import ConfigError
 from diffusion_core.loop import BEST, LAST, RungLoop
 from diffusion_core.trainer import Shard, Trainer
+from sweep.config import parse_sweep
+from sweep.finalize import Winner, final_config, scaling
+from sweep.registry import CHAMPION
+from sweep.tracking import RunRecord
 
 STEPS = 12
 
@@ -107,3 +120,128 @@ def test_a_loop_without_an_evaluator_only_trains(tmp_path):
     assert all(r.evaluation is None and r.model is None and not r.improved for r in rungs)
     assert set(rungs[0].metrics()) == {"loss", "train_seconds"}
     assert not (tmp_path / LAST).exists() and not (tmp_path / BEST).exists()
+
+
+def winner(final: dict | None = None, sampling: dict | None = None, resources: dict | None = None) -> Winner:
+    sweep = parse_sweep({"name": "w", "train": {"lr": {"loguniform": [1e-4, 1e-2]}}, "final": final or {},
+                         "sweep": {"resources_per_trial": resources or {"cpu": 2, "gpu": 0}}}, "w.yaml")
+    cfg = tiny_config(train={"ema_rates": [0.9, 0.99], "max_steps": 300}, eval={"every_steps": 100, "num_samples": 32})
+    parent = RunRecord("p", "1", "w", "FINISHED", 0, {}, {}, {})
+    return Winner(parent, sweep, "r" * 32, cfg, 0.99, sampling or {})
+
+
+def test_the_final_run_is_the_winner_with_the_final_budget_its_ema_rate_and_best_sampling():
+    cfg = final_config(winner({"steps": 900, "num_samples": 64}, {"eval.sampler": "ddpm", "eval.sampling_steps": 12}), None, 2)
+    assert (cfg.name, cfg.train.max_steps, cfg.train.ema_rates, cfg.train.lr) == ("w-final", 900, [0.99], 1e-3)
+    assert (cfg.eval.every_steps, cfg.eval.num_samples, cfg.eval.sampler, cfg.eval.sampling_steps) == (100, 64, "ddpm", 12)
+    assert final_config(winner(), 60, 1).train.max_steps == 60, "--steps overrides final.steps"
+    assert final_config(winner(), None, 1).train.max_steps == 300, "no final.steps: a trial's train.max_steps"
+
+
+def test_a_budget_that_cannot_run_is_one_config_error():
+    with pytest.raises(ConfigError, match="--workers 3: train.batch_size 16 does not split into 3 equal shards"):
+        final_config(winner(), None, 3)
+    with pytest.raises(ConfigError, match=r"the final run of sweep 'w': \(top level\): eval.sampling_steps 500 exceeds diffusion.timesteps 100"):
+        final_config(winner(sampling={"eval.sampling_steps": 500}), None, 1)
+    with pytest.raises(ConfigError, match="w.yaml: final.resources_per_worker.gpu: 0.5; DDP needs whole GPUs per worker"):
+        scaling(winner({"resources_per_worker": {"cpu": 1, "gpu": 0.5}}).sweep, 2)
+
+
+def test_workers_get_a_trials_cpus_and_whole_gpus():
+    on_cpu = scaling(winner().sweep, 2)
+    assert (on_cpu.num_workers, on_cpu.use_gpu, on_cpu.resources_per_worker) == (2, False, {"CPU": 2})
+    on_gpu = scaling(winner(resources={"cpu": 4, "gpu": 0.25}).sweep, 4)
+    assert (on_gpu.use_gpu, on_gpu.resources_per_worker) == (True, {"CPU": 4, "GPU": 1})
+
+
+def finalize(work: Path, *flags: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "sweep.finalize", "smoke", "--tracking-uri", store_uri(work),
+           "--storage-path", str(work / "ray_results"), *flags]
+    return subprocess.run(cmd, cwd=work, env={**os.environ, "DIFFUSION_SWEEP_FID_WEIGHTS": str(FID_WEIGHTS)},
+                          capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def finalized(smoke_sweep) -> tuple[Path, str]:
+    """`python -m sweep.finalize smoke --steps 60 --workers 2` after the smoke sweep."""
+    work, _ = smoke_sweep
+    proc = finalize(work, "--steps", "60", "--workers", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, proc.stdout + proc.stderr
+
+
+def final_runs(work: Path) -> tuple[MlflowClient, Any, list]:
+    client, (parent,), children = sweep_runs(work, "smoke")
+    return client, parent, [c for c in children if c.data.tags.get("role") == "final"]
+
+
+@pytest.mark.slow
+def test_finalize_trains_the_winner_on_two_workers_under_the_parent_and_registers_the_champion(finalized):
+    work, output = finalized
+    client, parent, (final,) = final_runs(work)
+    assert final.info.status == "FINISHED" and final.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert (final.data.tags["final.workers"], final.data.tags["final.steps"]) == ("2", "60")
+    assert final.data.params["best_trial_run_id"] == parent.data.tags["best_run_id"]
+    assert final.data.params["train.lr"] == parent.data.tags["best.train.lr"]
+    assert [m.step for m in client.get_metric_history(final.info.run_id, "fid")] == [60]
+    assert image_steps(client, final.info.run_id, "samples") == [60]
+    folder = work / "final_model"
+    folder.mkdir()
+    _, cfg, info = load_model(client.download_artifacts(final.info.run_id, "checkpoints/checkpoint_best.pt", str(folder)))
+    _, best_cfg, best_info = load_model(client.download_artifacts(parent.data.tags["best_run_id"], "checkpoints/checkpoint_best.pt", str(folder)))
+    assert (cfg.train.max_steps, cfg.train.ema_rates, cfg.eval.num_samples) == (60, [best_info["ema_rate"]], 128)
+    assert cfg.model == best_cfg.model and cfg.diffusion == best_cfg.diffusion and cfg.train.lr == best_cfg.train.lr
+    sampling = json.loads(parent.data.tags.get("best_sampling", "{}"))
+    assert all(getattr(cfg.eval, key.removeprefix("eval.")) == value for key, value in sampling.items())
+
+    champion = client.get_model_version_by_alias("smoke", CHAMPION)
+    assert champion.run_id == final.info.run_id and champion.tags["role"] == "final" and champion.tags["sweep"] == "smoke"
+    assert float(champion.tags["fid"]) == pytest.approx(final.data.metrics["best_fid"]) and champion.tags["fid_num_samples"] == "128"
+    assert client.get_run(parent.info.run_id).data.tags["final_model"] == f"models:/smoke/{champion.version}"
+    assert f"registered as models:/smoke/{champion.version} (alias champion)" in output
+    assert list((work / "ray_results" / "smoke").glob("final-*/checkpoint_*")), "Ray Train's checkpoints beside the sweep's"
+
+
+@pytest.mark.slow
+def test_sample_writes_16_pngs_and_an_npz_from_the_champion(finalized, tmp_path):
+    work, _ = finalized
+    cmd = [sys.executable, "-m", "sweep.sample", "models:/smoke@champion", "--num", "16", "--out", str(tmp_path / "s"),
+           "--tracking-uri", store_uri(work), "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list((tmp_path / "s").glob("*.png"))) == 16
+    array = np.load(tmp_path / "s" / "samples.npz")["arr_0"]
+    assert array.shape == (16, 8, 8, 3) and array.dtype == np.uint8
+
+
+@pytest.mark.slow
+def test_finalize_again_with_more_steps_continues_the_same_run(finalized):
+    """The same command with a larger budget restores every worker from Ray Train's latest checkpoint and trains on
+    in the same MLflow run (what an interrupted finalize does too); the champion is the best model so far."""
+    work, _ = finalized
+    proc = finalize(work, "--steps", "120", "--workers", "2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client, _, (final,) = final_runs(work)
+    assert final.data.tags["restored_at_step"] == "60" and final.data.tags["final.steps"] == "120"
+    assert final.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(final.info.run_id, "fid")] == [60, 120]
+    champion = client.get_model_version_by_alias("smoke", CHAMPION)
+    best_step = min(client.get_metric_history(final.info.run_id, "fid"), key=lambda m: m.value).step
+    assert champion.run_id == final.info.run_id and champion.tags["step"] == str(best_step)
+
+
+@pytest.mark.slow
+def test_register_trial_and_bad_budgets(finalized):
+    work, _ = finalized
+    client, parent, _ = final_runs(work)
+    best = parent.data.tags["best_run_id"]
+    proc = finalize(work, "--register-trial", best)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    version = proc.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
+    registered = client.get_model_version("smoke", version)
+    assert registered.run_id == best and registered.tags["role"] == "trial" and registered.aliases == []
+    bad = finalize(work, "--workers", "3")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "error: --workers 3: train.batch_size 32 does not split into 3 equal shards; choose a divisor of it")
+    missing = finalize(work, "--experiment", "nothing")
+    assert missing.returncode == 1 and missing.stderr.strip().startswith("error: no sweep 'smoke': no MLflow experiment 'nothing'")
