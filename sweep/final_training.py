@@ -22,10 +22,8 @@ from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import Evaluator
 from diffusion_core.loop import Rung, RungLoop
 from diffusion_core.trainer import Shard, Trainer
-from sweep.tracking import TrackedRun, open_tracker
+from sweep.tracking import FINAL_ROLE, ROLE_TAG, TrackedRun, open_tracker
 from sweep.trainable import log_rung, restore_from
-
-ROLE_TAG, FINAL_ROLE = "role", "final"  # the final run's tag among a sweep's child runs
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ min-FID model is then registered in MLflow's Model Registry under the sweep's na
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ from sweep.config import SweepConfig
 from sweep.final_training import FinalJob, train_final
 from sweep.registry import CHAMPION, Registered, register, resolve_model
 from sweep.report.collect import resolved_sweep
-from sweep.tracking import TRIAL_TAG, RunRecord, Tracker, TrackingError, open_existing_tracker
+from sweep.tracking import RunRecord, Tracker, TrackingError, open_existing_tracker
 
 EXIT_CONFIG, EXIT_RUNTIME = 2, 1
 REGISTERED_TAG, REGISTERED_STEP_TAG = "registered_model", "registered_step"  # on the final run: what was registered
@@ -165,9 +166,8 @@ def finalize(args: argparse.Namespace, tracker: Tracker) -> None:
     try:
         result = train(args, tracker, winner, cfg, workers, key)
     except ray.train.TrainingFailedError as exc:
-        failed = next((r for r in tracker.children(winner.parent) if r.tags.get(TRIAL_TAG) == key), None)
-        if failed is not None:
-            tracker.run(failed.run_id).finish("failed", str(exc)[-5000:])
+        with contextlib.suppress(TrackingError):  # no run when it failed before rank 0 opened one
+            tracker.run(tracker.find_trial(key).run_id).finish("failed", str(exc)[-5000:])
         raise
     with tempfile.TemporaryDirectory() as folder:
         run_id, registered = register_final(tracker, winner, result, Path(folder))

@@ -13,7 +13,6 @@ registered as a version of a registered model with tags and optionally an alias,
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import random
 import re
@@ -21,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -34,6 +33,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
+
+# MLflow's module-level API (model logging, the registry's logged-model lookup) reads the process-global tracking
+# URI; MLflow's own helper sets it for a block and restores "unset" after it, where set_tracking_uri(get_tracking_uri())
+# would pin the default and hide a later $MLFLOW_TRACKING_URI.
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from PIL import Image
@@ -43,6 +46,7 @@ SWEEP_TAG = "diffusion_sweep.name"
 TRIAL_TAG = "diffusion_sweep.trial_id"
 STATUS_TAG = "diffusion_sweep.status"
 PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG, FINAL_ROLE = "role", "final"  # the sweep's winner trained to the full budget, a child run but no trial
 RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a SQLite store by default
 MODEL_ARTIFACT = "model"  # a logged model's name in its run, and the key of its model file among its artifacts
@@ -107,15 +111,6 @@ def image_signature(shape: tuple[int, int, int]) -> ModelSignature:
     inputs = Schema([ColSpec("long", "num_samples"), ColSpec("long", "seed")])
     outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape))])
     return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("batch_size", "long", 0)]))
-
-
-@contextlib.contextmanager
-def _fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's module-level API (model logging, the registry's logged-model lookup) on ``uri`` for the block, then
-    the caller's setting again: MLflow's own helper restores "unset", where ``set_tracking_uri(get_tracking_uri())``
-    would pin the default and hide a later ``$MLFLOW_TRACKING_URI``."""
-    with _use_tracking_uri(uri):
-        yield
 
 
 class TrackedRun(Protocol):
@@ -323,9 +318,9 @@ class MlflowTracker:
             raise TrackingError(f"{run_id}: no such run in {self.uri}") from None
 
     def children(self, parent: RunRecord) -> list[RunRecord]:
-        """The trial runs of a sweep, oldest first."""
+        """The trial runs of a sweep, oldest first (not its final run: that one is no trial of the search)."""
         runs = self._search([parent.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.run_id}'")
-        return sorted(runs, key=lambda r: r.start_time)
+        return sorted((r for r in runs if r.tags.get(ROLE_TAG) != FINAL_ROLE), key=lambda r: r.start_time)
 
     def history(self, run_id: str, key: str) -> list[MetricPoint]:
         points = retrying(lambda: self.client.get_metric_history(run_id, key))
@@ -370,7 +365,7 @@ class MlflowTracker:
                   requirements: list[str], metadata: dict[str, Any]) -> str:
         """Log ``model_file`` into run ``run_id`` as an MLflow model built by the model-code file ``code`` (which
         calls ``serve_images``); returns its ``models:/`` URI."""
-        with _fluent_tracking_uri(self.uri):
+        with _use_tracking_uri(self.uri):
             info = Model.log(artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc, run_id=run_id, python_model=str(code),
                              artifacts={MODEL_ARTIFACT: str(model_file)}, signature=image_signature(shape),
                              input_example={"num_samples": 1, "seed": 0},
@@ -386,7 +381,7 @@ class MlflowTracker:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         model_id = model_uri.removeprefix("models:/")
-        with _fluent_tracking_uri(self.uri):  # the registry store looks the logged model up through the global URI
+        with _use_tracking_uri(self.uri):  # the registry store looks the logged model up through the global URI
             version = retrying(lambda: self.client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
                                                                         tags={k: str(v) for k, v in tags.items()})).version
         if alias:
@@ -397,7 +392,7 @@ class MlflowTracker:
         """The model file of a registered version (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) or a logged
         model (``models:/ID``), downloaded into ``folder``."""
         try:
-            with _fluent_tracking_uri(self.uri):
+            with _use_tracking_uri(self.uri):
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
             return local / Model.load(local).flavors["python_function"]["artifacts"][MODEL_ARTIFACT]["path"]
         except (MlflowException, OSError, KeyError) as exc:

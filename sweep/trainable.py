@@ -94,14 +94,20 @@ def _short(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def trial_run_name(trial_name: str, config: dict[str, Any], limit: int = 250) -> str:
-    """What a trial's run is called: its number and sampled values, e.g. ``trial 3: lr=0.0012 schedule=cosine``
+def trial_label(trial_name: str, trial_dir: str) -> str:
+    """``trial N``, N being Ray's trial counter (its trial folder is ``<trial name>_<N>_<values>_<time>``), else the
+    trial name."""
+    folder = Path(trial_dir).name
+    number = folder.removeprefix(f"{trial_name}_").split("_", 1)[0]
+    return f"trial {number}" if folder.startswith(f"{trial_name}_") and number.isdigit() else trial_name
+
+
+def trial_run_name(label: str, config: dict[str, Any], limit: int = 250) -> str:
+    """What a trial's run is called: its label and sampled values, e.g. ``trial 3: lr=0.0012 schedule=cosine``
     (a dimension by the last part of its path, unless two dimensions share it)."""
-    number = trial_name.rsplit("_", 1)[-1]
     leaves = [path.rsplit(".", 1)[-1] for path in config]
-    keys = [leaf if leaves.count(leaf) == 1 else path for path, leaf in zip(config, leaves)]
-    values = " ".join(f"{key}={_short(value)}" for key, value in zip(keys, config.values()))
-    label = f"trial {int(number)}" if number.isdigit() else trial_name
+    keys = [leaf if leaves.count(leaf) == 1 else path for path, leaf in zip(config, leaves, strict=True)]
+    values = " ".join(f"{key}={_short(value)}" for key, value in zip(keys, config.values(), strict=True))
     return f"{label}: {values}"[:limit] if values else label
 
 
@@ -118,7 +124,7 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
     weights = loop.evaluator.features.weights
     tags = {**node, "num_parameters": str(trainer.model.num_parameters()), "restored_at_step": str(trainer.step),
             "inception_weights": str(weights.path), "inception_weights_sha256": weights.sha256}
-    name = trial_run_name(context.get_trial_name(), config)
+    name = trial_run_name(trial_label(context.get_trial_name(), context.get_trial_dir()), config)
     run = open_tracker(tracking_uri).trial_run(experiment_id, parent_run_id, context.get_trial_id(), name, config, tags, loop.extra.get("run_id"))
     loop.extra["run_id"] = run.run_id
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,8 @@ from diffusion_core.trainer import Shard, Trainer
 from sweep.config import parse_sweep
 from sweep.finalize import Winner, final_config, scaling
 from sweep.registry import CHAMPION
-from sweep.tracking import RunRecord
+from sweep.report.collect import from_tracker
+from sweep.tracking import RunRecord, open_tracker
 
 STEPS = 12
 
@@ -162,12 +164,15 @@ def finalize(work: Path, *flags: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def finalized(smoke_sweep) -> tuple[Path, str]:
-    """`python -m sweep.finalize smoke --steps 60 --workers 2` after the smoke sweep."""
+def finalized(smoke_sweep, tmp_path_factory) -> tuple[Path, str]:
+    """`python -m sweep.finalize smoke --steps 60 --workers 2` after the smoke sweep, on a copy of its MLflow store
+    (the session's smoke sweep stays as the other tests read it; new artifacts land beside the original's)."""
     work, _ = smoke_sweep
-    proc = finalize(work, "--steps", "60", "--workers", "2")
+    copy = tmp_path_factory.mktemp("finalized")
+    shutil.copy(work / "mlflow.db", copy / "mlflow.db")
+    proc = finalize(copy, "--steps", "60", "--workers", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work, proc.stdout + proc.stderr
+    return copy, proc.stdout + proc.stderr
 
 
 def final_runs(work: Path) -> tuple[MlflowClient, Any, list]:
@@ -200,6 +205,14 @@ def test_finalize_trains_the_winner_on_two_workers_under_the_parent_and_register
     assert client.get_run(parent.info.run_id).data.tags["final_model"] == f"models:/smoke/{champion.version}"
     assert f"registered as models:/smoke/{champion.version} (alias champion)" in output
     assert list((work / "ray_results" / "smoke").glob("final-*/checkpoint_*")), "Ray Train's checkpoints beside the sweep's"
+
+
+@pytest.mark.slow
+def test_the_final_run_is_no_trial_of_the_sweep(finalized):
+    """The report (and a resumed sweep) see the six trials, not the final run among the parent's children."""
+    work, _ = finalized
+    sweep, _ = from_tracker(open_tracker(store_uri(work)), "smoke", "smoke")
+    assert len(sweep.trials) == 6 and all(t.name.startswith("trial ") for t in sweep.trials)
 
 
 @pytest.mark.slow

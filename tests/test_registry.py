@@ -8,27 +8,16 @@ import json
 import mlflow
 import numpy as np
 import pytest
-import torch
-from helpers import tiny_config
+from helpers import tiny_model_file
 from mlflow.tracking import MlflowClient
 
-from diffusion_core.checkpoint import CheckpointError, load_model, save_model
-from diffusion_core.unet import build_unet
+from diffusion_core.checkpoint import CheckpointError, load_model
 from sweep.artifacts import CHECKPOINTS
 from sweep.generate import load_sampler
 from sweep.registry import CHAMPION, register, resolve_model, with_sampling
 from sweep.tracking import TrackingError, open_tracker
 
 SAMPLING = {"eval.sampler": "ddpm", "eval.sampling_steps": 7, "eval.eta": 0.0}
-
-
-def tiny_model_file(path, **info):
-    """An untrained tiny network as a model file (sampling needs no training to be tested)."""
-    cfg = tiny_config(model={"class_conditional": True}, eval={"sampling_steps": 5, "batch_size": 4})
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        weights = build_unet(cfg).state_dict()
-    return save_model(path, weights, cfg, {"step": 40, "fid": 123.4, "kid": 0.05, "ema_rate": 0.99, **info})
 
 
 @pytest.fixture(scope="module")

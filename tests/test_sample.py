@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
+from helpers import tiny_model_file
 from PIL import Image
-from test_registry import tiny_model_file
 
 from sweep.sample import ARRAY, MANIFEST, main
 
@@ -29,7 +29,7 @@ def test_writes_n_pngs_and_an_npz_of_them(model_file, tmp_path, capsys):
     assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(10)]
     array = np.load(tmp_path / "a" / ARRAY)["arr_0"]
     assert array.shape == (10, 8, 8, 3) and array.dtype == np.uint8
-    assert all(np.array_equal(np.asarray(Image.open(p)), image) for p, image in zip(pngs, array))
+    assert all(np.array_equal(np.asarray(Image.open(p)), image) for p, image in zip(pngs, array, strict=True))
     assert len({image.tobytes() for image in array}) == 10, "every sample its own noise"
     manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())
     assert (manifest["num"], manifest["seed"], manifest["batch_size"], manifest["sampling"]["sampling_steps"]) == (10, 0, 4, 5)

@@ -16,7 +16,7 @@ from sweep.preflight import PreflightError, check_study
 from sweep.runner import RungAwareOptunaSearch, enqueued_points, study_storage
 from sweep.space import make_space
 from sweep.tracking import runs_page
-from sweep.trainable import trial_run_name
+from sweep.trainable import trial_label, trial_run_name
 
 SPACE = {
     "name": "seeded",
@@ -87,11 +87,14 @@ def test_a_new_sweep_refuses_a_stored_study_of_its_name(tmp_path):
 
 
 def test_trial_runs_are_named_by_number_and_sampled_values():
-    name = trial_run_name("run_trial_3f2a1_00004", {"train.lr": 0.00123456, "diffusion.schedule": "cosine",
-                                                    "model.channel_mult": [1, 2], "train.seed": 3, "eval.seed": 4})
+    folder = "/r/smoke/run_trial_38d6764f_4_diffusion_schedule=cosine,model_dropout=0.1635_2026-12-02_08-35-54"
+    assert trial_label("run_trial_38d6764f", folder) == "trial 4"
+    assert trial_label("run_trial_38d6764f", "/r/smoke/elsewhere") == "run_trial_38d6764f"
+    name = trial_run_name("trial 4", {"train.lr": 0.00123456, "diffusion.schedule": "cosine",
+                                      "model.channel_mult": [1, 2], "train.seed": 3, "eval.seed": 4})
     assert name == "trial 4: lr=0.00123 schedule=cosine channel_mult=[1, 2] train.seed=3 eval.seed=4"
-    assert trial_run_name("run_trial_3f2a1_00004", {}) == "trial 4"
-    assert len(trial_run_name("run_trial_1_00001", {f"a.k{i}": "x" * 20 for i in range(40)})) == 250
+    assert trial_run_name("trial 4", {}) == "trial 4"
+    assert len(trial_run_name("trial 1", {f"a.k{i}": "x" * 20 for i in range(40)})) == 250
 
 
 def test_the_mlflow_link_opens_the_model_training_runs_page(tmp_path):
