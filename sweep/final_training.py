@@ -66,17 +66,21 @@ def report_rung(rung: Rung, loop: RungLoop, run: TrackedRun | None) -> None:
 
 def train_final(config: dict[str, Any]) -> None:
     """One worker of the data-parallel final training (``TorchTrainer``'s ``train_loop_per_worker``)."""
-    job = FinalJob(**config)
+    with tempfile.TemporaryDirectory(prefix="final_rung_") as folder:  # rank 0's checkpoints until Ray Train copies them
+        train_in(FinalJob(**config), folder)
+
+
+def train_in(job: FinalJob, folder: str) -> None:
+    """This worker's shard of the training, rung by rung; rank 0 writes its checkpoints into ``folder``."""
     context = ray.train.get_context()
     shard = Shard(context.get_world_rank(), context.get_world_size())
     cfg = RunConfig.model_validate_json(job.run_config)
     torch.set_num_threads(job.threads)
     device = ray.train.torch.get_device()
     trainer = Trainer(cfg, device, shard=shard)
-    lead = shard.rank == 0
-    loop = RungLoop(trainer, Evaluator(cfg, device) if lead else None, tempfile.mkdtemp(prefix="final_rung_"))
+    loop = RungLoop(trainer, Evaluator(cfg, device) if shard.rank == 0 else None, folder)
     restore_from(loop, ray.train.get_checkpoint())
-    run = open_final_run(job, loop) if lead else None
+    run = open_final_run(job, loop) if shard.rank == 0 else None
     if run is not None:
         loop.extra["run_id"] = run.run_id
     rungs = 0
