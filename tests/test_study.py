@@ -112,7 +112,11 @@ def test_the_smoke_sweep_stores_its_study_names_its_runs_and_links_its_runs_page
     assert len(trials) == len(children) == 6
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED} and TrialState.PRUNED in {t.state for t in trials}
     assert f"optuna-dashboard {parent.data.tags['optuna_storage']}" in output
+    numbers = set()
     for child in children:
         name = child.data.tags["mlflow.runName"]
-        assert re.fullmatch(r"trial \d+: .*lr=\S+ .*schedule=(linear|cosine).*", name), name
+        match = re.fullmatch(r"trial (\d+): (.+)", name)
+        assert match and {v.split("=")[0] for v in match[2].split()} == {p.rsplit(".", 1)[-1] for p in child.data.params}, name
+        numbers.add(int(match[1]))
+    assert numbers == set(range(1, 7))
     assert f"#/experiments/{parent.info.experiment_id}/runs?workflowType=machine_learning" in output
