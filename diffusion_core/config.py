@@ -26,6 +26,11 @@ LOCATION_KEYS = {  # where things are, not what a run does: a continued run may 
     "eval.cache_dir": "the reference-statistics cache", "eval.inception_weights": "the FID weights' file (checked by sha256)",
     "output_dir": "the folder of single runs",
 }
+EXECUTION_KEYS = {  # how a run executes, not what it trains: a checkpoint loads either way
+    "train.channels_last": "the memory format", "train.compile": "torch.compile", "train.mixed_precision": "bf16 autocast on CUDA",
+    "eval.batch_size": "the sampling batch", "train.checkpoint_every": "how often a checkpoint is written",
+}
+MAY_CHANGE = {**LOCATION_KEYS, **EXECUTION_KEYS}  # what a continued run or a resumed sweep may change
 SEARCH_KINDS = ("choice", "uniform", "loguniform", "int")  # a mapping with one of these keys is a search dimension
 RENAMED_KEYS = {"train.ema_decay": "train.ema_rates (one EMA rate, or a list of them: an EMA bank)"}
 

@@ -5,7 +5,8 @@ course of training") and the last trainer checkpoint, and hand each rung to a ca
 ``python -m diffusion_core.train`` and the Ray Tune trainable are adapters over it: one writes files and a
 progress bar, the other reports to Tune and the tracker. Both write the same files into the loop's folder:
 ``checkpoint_last.pt`` (a trainer checkpoint, to continue), ``checkpoint_best.pt`` (a model file) and a sample grid
-per rung (``samples_<step>.png``).
+per rung (``samples_<step>.png``). In data-parallel training (``sweep.finalize``) rank 0's loop evaluates and writes
+them; the other ranks' loops have no evaluator and only train, rung by rung in step with it.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from torch import nn
 from torchvision.io import write_png
 
 from diffusion_core.checkpoint import save_model
-from diffusion_core.config import LOCATION_KEYS
+from diffusion_core.config import MAY_CHANGE
 from diffusion_core.evaluate import BankEvaluation, Evaluator, evaluate_bank
 from diffusion_core.trainer import Trainer
 
@@ -54,16 +55,18 @@ class Rung:
     step: int
     losses: list[float]
     train_seconds: float
-    evaluation: BankEvaluation
+    evaluation: BankEvaluation | None  # None in a loop without an evaluator (a data-parallel rank other than 0)
     best: Best
     improved: bool  # this rung's best EMA is the new best model (written to BEST)
     final: bool  # the run reached train.max_steps
-    model: nn.Module = field(repr=False)  # this rung's best EMA network
+    model: nn.Module | None = field(repr=False)  # this rung's best EMA network (None without an evaluation)
 
     def metrics(self) -> dict[str, float]:
         """What a rung reports: mean loss, training time, the bank's evaluation and the best rung so far."""
-        return {"loss": sum(self.losses) / len(self.losses), "train_seconds": self.train_seconds,
-                **self.evaluation.metrics(), "best_fid": self.best.fid, "best_ema_rate": self.best.ema_rate}
+        trained = {"loss": sum(self.losses) / len(self.losses), "train_seconds": self.train_seconds}
+        if self.evaluation is None:
+            return trained
+        return {**trained, **self.evaluation.metrics(), "best_fid": self.best.fid, "best_ema_rate": self.best.ema_rate}
 
 
 def next_rung(step: int, every_steps: int, max_steps: int) -> int:
@@ -73,16 +76,17 @@ def next_rung(step: int, every_steps: int, max_steps: int) -> int:
 
 class RungLoop:
     """Trains ``trainer`` rung by rung, writing ``LAST`` and ``BEST`` into ``folder``; ``extra`` is the caller's
-    state (e.g. its tracking run id), saved in every ``LAST`` and given back by ``restore``."""
+    state (e.g. its tracking run id), saved in every ``LAST`` and given back by ``restore``. Without an
+    ``evaluator`` the loop only trains: no evaluation, no files (a data-parallel rank other than 0)."""
 
-    def __init__(self, trainer: Trainer, evaluator: Evaluator, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, trainer: Trainer, evaluator: Evaluator | None, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
         self.trainer, self.evaluator = trainer, evaluator
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.extra = dict(extra or {})
         self.best = Best()
 
-    def restore(self, source: str | Path | None = None, may_change: Collection[str] = LOCATION_KEYS) -> bool:
+    def restore(self, source: str | Path | None = None, may_change: Collection[str] = MAY_CHANGE) -> bool:
         """Continue from ``source``'s ``LAST`` (default: this loop's folder) if its run config differs from this one's
         only in ``may_change``; copies its ``BEST`` here. False when there is nothing to continue from."""
         source = Path(source) if source is not None else self.folder
@@ -106,9 +110,13 @@ class RungLoop:
         return self.best
 
     def _rung(self, losses: list[float], train_seconds: float) -> Rung:
+        step = self.trainer.step
+        final = step >= self.trainer.cfg.train.max_steps
+        if self.evaluator is None:
+            return Rung(step, losses, train_seconds, None, self.best, False, final, None)
         models = self.trainer.emas.models()
         evaluation = evaluate_bank(self.evaluator, models, self.trainer.schedule)
-        result, step = evaluation.best, self.trainer.step
+        result = evaluation.best
         improved = self.best.improved_by(evaluation)
         if improved:
             self.best = Best(step, result.fid, result.kid, evaluation.best_rate)
@@ -116,5 +124,4 @@ class RungLoop:
                        {**asdict(self.best), "kid_std": result.kid_std})
         write_png(result.grid, str(self.folder / samples_file(step)))
         self.trainer.save_checkpoint(self.folder / LAST, extra={**self.extra, "best": asdict(self.best)})
-        final = step >= self.trainer.cfg.train.max_steps
         return Rung(step, losses, train_seconds, evaluation, self.best, improved, final, models[evaluation.best_rate])

@@ -1,6 +1,6 @@
 """One training run without Ray: ``python -m diffusion_core.train CONFIG.yaml [--set key=value ...]``.
 
-Reads the same sections as a sweep file (``sweep`` and ``tracking`` are ignored; search dimensions
+Reads the same sections as a sweep file (``sweep``, ``final`` and ``tracking`` are ignored; search dimensions
 are refused), trains with periodic FID/KID evaluation, and writes checkpoints (last and best FID),
 sample grids and a metrics log under ``output_dir/name``. Re-running continues from the last
 checkpoint.
@@ -17,14 +17,14 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from diffusion_core.checkpoint import CheckpointError
-from diffusion_core.config import LOCATION_KEYS, SEARCH_KINDS, ConfigError, RunConfig, apply_overrides, parse_run_config, read_yaml
+from diffusion_core.config import MAY_CHANGE, SEARCH_KINDS, ConfigError, RunConfig, apply_overrides, parse_run_config, read_yaml
 from diffusion_core.data import DatasetError
 from diffusion_core.evaluate import Evaluator
 from diffusion_core.inception_weights import InceptionWeightsError
 from diffusion_core.loop import LAST, Best, Rung, RungLoop
 from diffusion_core.trainer import DivergenceError, Trainer
 
-SWEEP_ONLY_SECTIONS = ("sweep", "tracking")
+SWEEP_ONLY_SECTIONS = ("sweep", "final", "tracking")
 
 
 def _refuse_search_dimensions(raw: dict, source: str, prefix: str = "") -> None:
@@ -56,7 +56,7 @@ def run(cfg: RunConfig) -> Best:
     trainer = Trainer(cfg)
     progress = progress_bar()
     loop = RungLoop(trainer, Evaluator(cfg, trainer.device, progress=progress), out)
-    if loop.restore(may_change={*LOCATION_KEYS, "train.max_steps"}):
+    if loop.restore(may_change={*MAY_CHANGE, "train.max_steps"}):
         print(f"continuing {out / LAST} at step {trainer.step}")
     print(f"model: {trainer.model.num_parameters():,} parameters on {trainer.device}; {loop.evaluator.features.describe()}")
     with progress, (out / "metrics.jsonl").open("a") as metrics_log:

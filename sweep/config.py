@@ -39,6 +39,7 @@ RUN_SECTIONS = ("data", "model", "diffusion", "train", "eval")
 SAMPLING_SETTINGS = ("trials", "num_samples", "seed")
 FIXED_KEYS = {"train.max_steps": "it is ASHA's max_t", "eval.every_steps": "it sets the rungs every trial reports at"}
 MAX_COMBINATIONS = 20_000  # beyond it, every combination of up to three dimensions (the others at their first value)
+STUDY_FILE = "optuna_study.db"  # the sweep's Optuna study (SQLite), in the sweep's Ray results folder
 
 
 class SchedulerConfig(Section):
@@ -77,6 +78,18 @@ class SweepSection(Section):
     max_failures: int = Field(default=2, ge=0, le=100, description="retries of a failed trial from its last checkpoint")
     throughput: ThroughputConfig | None = Field(default=None, description="one trial's speed for --dry-run's estimate (default: measured here)")
     cluster_config: PathText = Field(default="cluster/gpu.yaml", description="Ray cluster launcher config whose node types --dry-run places trials on")
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, description="configurations ({dimension path: value}) evaluated first, in order")
+    study_storage: PathText | None = Field(default=None, description="Optuna storage URL of the study (default: SQLite beside the Ray results)")
+
+
+class FinalSection(Section):
+    """``final``: the sweep's best configuration trained to the full budget by ``python -m sweep.finalize``."""
+
+    steps: int | None = Field(default=None, ge=1, description="training steps (default: train.max_steps)")
+    every_steps: int | None = Field(default=None, ge=1, description="steps between evaluations (default: eval.every_steps)")
+    num_samples: int | None = Field(default=None, ge=2, description="samples per FID/KID evaluation (default: eval.num_samples)")
+    workers: int = Field(default=1, ge=1, le=1024, description="data-parallel workers (DDP)")
+    resources_per_worker: ResourcesConfig | None = Field(default=None, description="default: sweep.resources_per_trial, whole GPUs")
 
 
 class TrackingSection(Section):
@@ -103,6 +116,7 @@ class SweepConfig(Section):
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     sweep: SweepSection = Field(default_factory=SweepSection)
+    final: FinalSection = Field(default_factory=FinalSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     dimensions: list[Dimension] = Field(default_factory=list, exclude=True)
     sampling_search: SamplingSearch | None = Field(default=None, exclude=True)
@@ -124,6 +138,15 @@ class SweepConfig(Section):
         """ASHA's first rung in training steps: ``sweep.scheduler.grace_period``, else the first evaluation."""
         base = self.run_config({})
         return self.sweep.scheduler.grace_period or min(base.eval.every_steps, base.train.max_steps)
+
+    @property
+    def study_storage(self) -> str:
+        """The Optuna storage URL of the sweep's study (``optuna-dashboard URL`` opens it): ``sweep.study_storage``,
+        else a SQLite file in the sweep's Ray results folder (under ``output_dir`` when those are remote)."""
+        if self.sweep.study_storage:
+            return self.sweep.study_storage
+        root = self.output_dir if "://" in self.sweep.storage_path else self.sweep.storage_path
+        return f"sqlite:///{Path(root).expanduser().resolve() / self.name / STUDY_FILE}"
 
     def base_raw(self) -> dict[str, Any]:
         """The run sections with every dimension replaced by its first candidate."""
@@ -270,6 +293,47 @@ def _check_sweep_section(cfg: SweepConfig) -> None:
                     f"set num_trials: {cells} to run each once")
 
 
+def enqueued_value_error(dim: Dimension, value: Any) -> str | None:
+    """Why ``value`` is not one the dimension can take (None when it is)."""
+    if dim.kind == "choice":
+        return None if value in (dim.choices or []) else f"{value!r} is not one of {dim.choices}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return f"{value!r} is not a number"
+    if dim.kind == "int" and not isinstance(value, int):
+        return f"{value!r} is not an integer"
+    if not dim.low <= value <= dim.high:
+        return f"{value!r} is outside [{dim.low:g}, {dim.high:g}]"
+    if dim.step and not math.isclose((value - dim.low) / dim.step, round((value - dim.low) / dim.step), abs_tol=1e-9):
+        return f"{value!r} is not on the step {dim.step:g} from {dim.low:g}"
+    return None
+
+
+def _check_enqueue(cfg: SweepConfig) -> None:
+    """``sweep.enqueue``: each configuration names dimensions by path, with values they can take (a conditional one
+    only where its condition holds), and makes a valid run, so that the searcher evaluates it as written."""
+    if cfg.sweep.enqueue and cfg.sweep.search == "grid":
+        raise _fail(cfg.source, "sweep.enqueue", "grid search runs every combination once; drop enqueue or use search: tpe")
+    dims = {d.path: d for d in cfg.dimensions}
+    for i, point in enumerate(cfg.sweep.enqueue):
+        where = f"sweep.enqueue[{i}]"
+        raw = cfg.base_raw()
+        for path, value in point.items():
+            dim = dims.get(path)
+            if dim is None:
+                raise _fail(cfg.source, f"{where}.{path}", f"not a search dimension; the dimensions are {', '.join(dims) or 'none'}")
+            error = enqueued_value_error(dim, value)
+            if error:
+                raise _fail(cfg.source, f"{where}.{path}", error)
+            if not dim.active(point):
+                raise _fail(cfg.source, f"{where}.{path}", f"sampled only if {dim.condition}; add that to this configuration or drop the key")
+            set_path(raw, path, value)
+        try:
+            RunConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{error_line(cfg.source, exc)} (in {where})") from None
+
+
+
 def parse_sweep(raw: dict[str, Any], source: str | Path = "<sweep>") -> SweepConfig:
     source = str(source)
     for section in RUN_SECTIONS:
@@ -285,6 +349,7 @@ def parse_sweep(raw: dict[str, Any], source: str | Path = "<sweep>") -> SweepCon
         raise ConfigError(error_line(source, exc)) from None
     _check_space(cfg)
     _check_sweep_section(cfg)
+    _check_enqueue(cfg)
     return cfg
 
 

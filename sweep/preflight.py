@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 from ray import tune
 from ray._common.utils import get_default_ray_temp_dir
@@ -102,6 +103,20 @@ def check_address(address: str | None) -> None:
                              "start it or open the tunnel, or leave --address out to run locally") from None
 
 
+def check_study(cfg: SweepConfig, resume: bool) -> None:
+    """A new sweep starts a new Optuna study: one left in ``sweep.study_storage`` under the same name would feed
+    the old sweep's trials to the searcher."""
+    url = cfg.study_storage
+    if resume or (url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists()):
+        return
+    try:
+        names = optuna.study.get_all_study_names(url)
+    except Exception as exc:  # optuna/SQLAlchemy raise many types for a bad URL or an unreachable database
+        raise PreflightError(f"{cfg.source}: sweep.study_storage: cannot open {url} ({str(exc).splitlines()[0][:200]})") from None
+    if cfg.name in names:
+        raise PreflightError(f"{cfg.source}: name: an Optuna study {cfg.name!r} already exists in {url}; pass --resume to continue it, or choose another name")
+
+
 def check_resources(cfg: SweepConfig, local: bool) -> None:
     wanted = cfg.sweep.resources_per_trial
     if not local:
@@ -132,6 +147,7 @@ def preflight(cfg: SweepConfig, address: str | None, resume: bool, storage: str,
     ``--resume``, the file's changes, the tracking store, the dataset (staged for a cluster) and the FID weights."""
     check_resources(cfg, local=address is None)
     changes = check_experiment(cfg, experiment, resume)
+    check_study(cfg, resume)
     uri = check_tracking(cfg)
     base = cfg.run_config({})
     stage_for_sweep(base, storage)

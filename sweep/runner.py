@@ -41,6 +41,7 @@ from sweep.uris import redact
 METRIC, MODE = "fid", "min"
 log = logging.getLogger(__name__)
 NOISE_METRIC = "fid_std"  # the rung FID's bootstrap standard deviation (diffusion_core.fid_bootstrap)
+STUDY_STORAGE_TAG, STUDY_NAME_TAG = "optuna_storage", "optuna_study"  # the parent run's pointer to the stored study
 
 
 class RungAwareOptunaSearch(OptunaSearch):
@@ -115,15 +116,31 @@ def make_scheduler(cfg: SweepConfig, base: RunConfig) -> TrialScheduler:
     return ASHAScheduler(**asha)
 
 
-def build_search(cfg: SweepConfig, base: RunConfig) -> tuple[ConcurrencyLimiter, TrialScheduler]:
-    """The searcher (Optuna behind a concurrency limit) and the scheduler exactly as the run uses them; Ray's and
-    Optuna's own argument checks run here, so ``--dry-run`` meets them too (one ConfigError line)."""
+def build_search(cfg: SweepConfig, base: RunConfig, storage: optuna.storages.BaseStorage | None = None) -> tuple[ConcurrencyLimiter, TrialScheduler]:
+    """The searcher (Optuna behind a concurrency limit, its study in ``storage``, else in memory) and the scheduler
+    exactly as the run uses them; Ray's and Optuna's own argument checks run here, so ``--dry-run`` meets them too
+    (one ConfigError line), without creating the study."""
     try:
-        searcher = RungAwareOptunaSearch(space=make_space(cfg.dimensions), metric=METRIC, mode=MODE,
-                                         max_step=base.train.max_steps, sampler=make_sampler(cfg))
+        searcher = RungAwareOptunaSearch(space=make_space(cfg.dimensions), metric=METRIC, mode=MODE, max_step=base.train.max_steps,
+                                         sampler=make_sampler(cfg), points_to_evaluate=enqueued_points(cfg) or None,
+                                         storage=storage, study_name=cfg.name)
         return ConcurrencyLimiter(searcher, cfg.sweep.max_concurrent), make_scheduler(cfg, base)
     except (ValueError, AssertionError, TypeError) as exc:
         raise ConfigError(f"{cfg.source}: sweep: Ray or Optuna refuses the search ({str(exc).splitlines()[0] or type(exc).__name__})") from None
+
+
+def enqueued_points(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """``sweep.enqueue`` as Optuna's fixed parameters (a non-primitive choice by its label, as the study holds it)."""
+    kinds = {d.path: d.kind for d in cfg.dimensions}
+    return [{path: categorical_label(v) if kinds[path] == "choice" else v for path, v in point.items()} for point in cfg.sweep.enqueue]
+
+
+def study_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
+    """The sweep's study in an RDB storage (its SQLite folder created), so optuna-dashboard can open it."""
+    url = cfg.study_storage
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url)
 
 
 @dataclass
@@ -145,7 +162,7 @@ def build_tuner(cfg: SweepConfig, base: RunConfig, checked: Checked, tracking: S
     if resume:
         return tune.Tuner.restore(checked.experiment_path, trainable, resume_unfinished=True, resume_errored=True)
     max_steps = base.train.max_steps
-    searcher, scheduler = build_search(cfg, base)
+    searcher, scheduler = build_search(cfg, base, study_storage(cfg))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's default console output ignores progress_reporter
     reporter = tune.CLIReporter(
         metric_columns={"step": "step", "fid": "last FID", "best_fid": "best FID", "kid": "KID", "loss": "loss"},
@@ -209,10 +226,11 @@ def write_up(cfg: SweepConfig, checked: Checked, tracking: SweepTracking, sweep:
     except Exception as exc:
         print(f"warning: the tracking store {uri} did not answer ({str(exc).splitlines()[0][:200]}); the sweep's results are in "
               f"{checked.experiment_path}: when it is back, `python -m sweep.launch {cfg.source} --resume` delivers them", file=sys.stderr)
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    ui = f"mlflow ui --backend-store-uri {uri}, then " if uri.startswith("sqlite") else ""
     print_summary(sweep, [f"Ray results: {checked.experiment_path}",
                           f"MLflow: {uri}, experiment {cfg.experiment!r}, parent run {tracking.parent.run_id}",
-                          f"Browse: {ui}  (then http://127.0.0.1:5000)"])
+                          f"Browse: {ui}{redact(tracking.tracker.runs_page(tracking.experiment_id))}",
+                          f"Optuna study {cfg.name!r}: optuna-dashboard {redact(cfg.study_storage)}"])
 
 
 def open_tracking(cfg: SweepConfig, checked: Checked, resume: bool) -> SweepTracking:
@@ -220,7 +238,9 @@ def open_tracking(cfg: SweepConfig, checked: Checked, resume: bool) -> SweepTrac
     ~3 s of the driver's start)."""
     tracker = open_tracker(checked.tracking_uri)
     experiment_id = tracker.experiment(cfg.experiment)
-    parent = tracker.start_sweep(experiment_id, cfg.name, resume, {"source_file": cfg.source, "inception_weights_sha256": checked.weights.sha256})
+    tags = {"source_file": cfg.source, "inception_weights_sha256": checked.weights.sha256,
+            STUDY_STORAGE_TAG: cfg.study_storage, STUDY_NAME_TAG: cfg.name}
+    parent = tracker.start_sweep(experiment_id, cfg.name, resume, tags)
     if not resume:
         parent.log_text(redact(Path(cfg.source).read_text()), "search_space.yaml")
         parent.log_text(yaml.safe_dump(cfg.resolved(), sort_keys=False), RESOLVED_SPACE)
@@ -242,6 +262,7 @@ def run_sweep(cfg: SweepConfig, checked: Checked, address: str | None, resume: b
         # "local": a Ray of this sweep's own, never whatever cluster `ray start` last recorded on the machine
         ray.init(address=address or "local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
         tracking = opening.result()
+        print(f"MLflow runs of the sweep: {tracking.tracker.runs_page(tracking.experiment_id)}", flush=True)
         try:
             results = build_tuner(cfg, base, checked, tracking, resume).fit()
         except KeyboardInterrupt:

@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 from pyarrow import fs
 
-from diffusion_core.config import LOCATION_KEYS, ConfigError, changed_keys
+from diffusion_core.config import MAY_CHANGE, ConfigError, changed_keys
 from diffusion_core.yaml_input import parse_yaml
 
 SWEEP_FILE = "diffusion_sweep.yaml"
-SAFE_ON_RESUME = LOCATION_KEYS
+SAFE_ON_RESUME = MAY_CHANGE
 
 
 class SweepLockedError(RuntimeError):
@@ -131,11 +131,11 @@ def resume_changes(experiment_path: str, resolved: dict[str, Any], source: str) 
     if text is None:
         return {}
     changes = changed_keys(parse_yaml(text.decode()), resolved)
-    unsafe = {k: v for k, v in changes.items() if k not in SAFE_ON_RESUME}
+    unsafe = {k: v for k, v in changes.items() if k not in SAFE_ON_RESUME and not k.startswith("final.")}  # final: sweep.finalize's
     if unsafe:
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(unsafe.items())[:6])
         more = f" (and {len(unsafe) - 6} more)" if len(unsafe) > 6 else ""
         raise ConfigError(f"{source}: --resume, but the file differs from the sweep's: {listed}{more}; a resumed sweep keeps its "
                           f"space, scheduler and trial count: undo the change, or start a sweep under another name "
-                          f"(safe to change: {', '.join(SAFE_ON_RESUME)})")
+                          f"(safe to change: {', '.join(SAFE_ON_RESUME)}, final.*)")
     return changes

@@ -6,6 +6,10 @@ here and another line in ``open_tracker``.
 Layout: one experiment per sweep, a parent run per sweep (tag ``diffusion_sweep.name``) and one child run per
 trial, linked by ``mlflow.parentRunId`` and written through ``MlflowClient`` only (never the process-global
 active run). Outcomes map to run statuses: completed → FINISHED, pruned → KILLED, failed → FAILED.
+
+Models: a model file logged into a run as an MLflow pyfunc model (``ImageModel``: ``predict`` draws images),
+registered as a version of a registered model with tags and optionally an alias, and found again from
+``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
 """
 from __future__ import annotations
 
@@ -22,9 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
+
+# MLflow's module-level API (model logging, the registry's logged-model lookup) reads the process-global tracking
+# URI; MLflow's own helper sets it for a block and restores "unset" after it, where set_tracking_uri(get_tracking_uri())
+# would pin the default and hide a later $MLFLOW_TRACKING_URI.
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from PIL import Image
 
 from sweep.uris import redact
@@ -35,7 +50,10 @@ SWEEP_TAG = "diffusion_sweep.name"
 TRIAL_TAG = "diffusion_sweep.trial_id"
 STATUS_TAG = "diffusion_sweep.status"
 PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG, FINAL_ROLE = "role", "final"  # the sweep's winner trained to the full budget, a child run but no trial
 RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "running": "RUNNING"}
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a SQLite store by default
+MODEL_ARTIFACT = "model"  # a logged model's name in its run, and the key of its model file among its artifacts
 IMAGE_NAME = re.compile(r"images/(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+\d+\+[0-9a-f-]+\.png$")
 
 
@@ -62,6 +80,41 @@ class MetricPoint:
     step: int
     value: float
     timestamp: int  # ms
+
+
+class Drawer(Protocol):
+    """What a model file is loaded as for ``ImageModel.predict``."""
+
+    def draw(self, num_samples: int, seed: int, batch_size: int | None = None) -> np.ndarray: ...
+
+
+class ImageModel(mlflow.pyfunc.PythonModel):
+    """A model file as an MLflow pyfunc model: ``predict({"num_samples": N, "seed": S})`` returns N images, a uint8
+    (N, H, W, 3) array, the same ones for the same seed (one row per request; ``params={"batch_size": B}``).
+    ``load`` turns the model file (the artifact ``model``) into a ``Drawer``."""
+
+    def __init__(self, load: Callable[[str], Drawer]) -> None:
+        self.load = load
+
+    def load_context(self, context: Any) -> None:
+        self.drawer = self.load(context.artifacts[MODEL_ARTIFACT])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+        rows = model_input.to_dict("records")
+        batch_size = int((params or {}).get("batch_size") or 0) or None
+        return np.concatenate([self.drawer.draw(int(r["num_samples"]), int(r["seed"]), batch_size) for r in rows])
+
+
+def serve_images(load: Callable[[str], Drawer]) -> None:
+    """Declare, from a model-code file (``sweep/pyfunc_model.py``), the pyfunc model MLflow builds when loading."""
+    mlflow.models.set_model(ImageModel(load))
+
+
+def image_signature(shape: tuple[int, int, int]) -> ModelSignature:
+    """Input rows (num_samples, seed), output uint8 images of ``shape`` (H, W, 3), parameter batch_size (0: the model's)."""
+    inputs = Schema([ColSpec("long", "num_samples"), ColSpec("long", "seed")])
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape))])
+    return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("batch_size", "long", 0)]))
 
 
 class TrackedRun(Protocol):
@@ -100,6 +153,11 @@ class Tracker(Protocol):
     def read_text(self, run_id: str, name: str) -> str: ...
     def download(self, run_id: str, path: str, folder: Path) -> Path: ...
     def find_trial(self, key: str) -> RunRecord: ...
+    def runs_page(self, experiment_id: str) -> str: ...
+    def log_model(self, run_id: str, model_file: Path, code: Path, shape: tuple[int, int, int],
+                  requirements: list[str], metadata: dict[str, Any]) -> str: ...
+    def register_model(self, name: str, model_uri: str, run_id: str, tags: dict[str, Any], alias: str | None = None) -> str: ...
+    def model_file(self, uri: str, folder: Path) -> Path: ...
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -118,6 +176,13 @@ def check_reachable(uri: str, source: str = "tracking.tracking_uri") -> None:
             urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
         except (urllib.error.URLError, OSError) as exc:
             raise TrackingError(f"{source}: MLflow server {redact(uri)} is unreachable ({getattr(exc, 'reason', exc)}); start it or fix the URI") from None
+
+
+def runs_page(uri: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs in the model-training view (MLflow 3 opens on its GenAI traces page,
+    where a sweep looks empty), on the server ``uri`` or on `mlflow ui`'s default address for a SQLite store."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def retrying(call: Callable[[], T], attempts: int = 8) -> T:
@@ -260,9 +325,9 @@ class MlflowTracker:
             raise TrackingError(f"{run_id}: no such run in {redact(self.uri)}") from None
 
     def children(self, parent: RunRecord) -> list[RunRecord]:
-        """The trial runs of a sweep, oldest first."""
+        """The trial runs of a sweep, oldest first (not its final run: that one is no trial of the search)."""
         runs = self._search([parent.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.run_id}'")
-        return sorted(runs, key=lambda r: r.start_time)
+        return sorted((r for r in runs if r.tags.get(ROLE_TAG) != FINAL_ROLE), key=lambda r: r.start_time)
 
     def history(self, run_id: str, key: str) -> list[MetricPoint]:
         points = retrying(lambda: self.client.get_metric_history(run_id, key))
@@ -310,6 +375,46 @@ class MlflowTracker:
         if not runs:
             raise TrackingError(f"{key}: no MLflow run or trial with this id in {redact(self.uri)} (pass --tracking-uri?)")
         return runs[0]
+
+    def runs_page(self, experiment_id: str) -> str:
+        return runs_page(self.uri, experiment_id)
+
+    def log_model(self, run_id: str, model_file: Path, code: Path, shape: tuple[int, int, int],
+                  requirements: list[str], metadata: dict[str, Any]) -> str:
+        """Log ``model_file`` into run ``run_id`` as an MLflow model built by the model-code file ``code`` (which
+        calls ``serve_images``); returns its ``models:/`` URI."""
+        with _use_tracking_uri(self.uri):
+            info = Model.log(artifact_path=None, name=MODEL_ARTIFACT, flavor=mlflow.pyfunc, run_id=run_id, python_model=str(code),
+                             artifacts={MODEL_ARTIFACT: str(model_file)}, signature=image_signature(shape),
+                             input_example={"num_samples": 1, "seed": 0},
+                             pip_requirements=requirements, metadata=metadata)
+        return info.model_uri
+
+    def register_model(self, name: str, model_uri: str, run_id: str, tags: dict[str, Any], alias: str | None = None) -> str:
+        """A new version of registered model ``name`` (created when missing) from a logged model, with ``tags``; the
+        ``alias`` moves to it. Returns the version."""
+        try:
+            retrying(lambda: self.client.create_registered_model(name))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        model_id = model_uri.removeprefix("models:/")
+        with _use_tracking_uri(self.uri):  # the registry store looks the logged model up through the global URI
+            version = retrying(lambda: self.client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
+                                                                        tags={k: str(v) for k, v in tags.items()})).version
+        if alias:
+            retrying(lambda: self.client.set_registered_model_alias(name, alias, version))
+        return str(version)
+
+    def model_file(self, uri: str, folder: Path) -> Path:
+        """The model file of a registered version (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``) or a logged
+        model (``models:/ID``), downloaded into ``folder``."""
+        try:
+            with _use_tracking_uri(self.uri):
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+            return local / Model.load(local).flavors["python_function"]["artifacts"][MODEL_ARTIFACT]["path"]
+        except (MlflowException, OSError, KeyError) as exc:
+            raise TrackingError(f"{uri}: no such model in {self.uri} ({str(exc).splitlines()[0][:200]})") from None
 
 
 class QueuedRun:
@@ -379,3 +484,12 @@ class QueuedRun:
 def open_tracker(uri: str) -> Tracker:
     """The tracker for ``uri`` (MLflow: a ``sqlite:///`` file or an ``http(s)://`` server)."""
     return MlflowTracker(uri)
+
+
+def open_existing_tracker(uri: str, source: str = "--tracking-uri") -> Tracker:
+    """The tracker of a store that must exist already (commands that read a sweep): one line when it does not."""
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise TrackingError(f"{source}: no MLflow store at {uri}; pass --tracking-uri or set MLFLOW_TRACKING_URI")
+    check_reachable(uri, source)
+    return open_tracker(uri)

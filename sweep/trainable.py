@@ -43,7 +43,12 @@ def staging_folder(experiment_path: str) -> Path:
 
 def restore(loop: RungLoop) -> None:
     """Continue from Tune's latest checkpoint; if it is corrupt, from the newest earlier one that loads."""
-    checkpoint = tune.get_checkpoint()
+    restore_from(loop, tune.get_checkpoint())
+
+
+def restore_from(loop: RungLoop, checkpoint: tune.Checkpoint | None) -> None:
+    """Continue from ``checkpoint`` (Tune's or Ray Train's latest); if it is corrupt, from the newest earlier one
+    that loads."""
     if checkpoint is None:
         return
     with checkpoint.as_directory() as folder:
@@ -64,6 +69,15 @@ def restore(loop: RungLoop) -> None:
     raise error
 
 
+def log_rung(run: TrackedRun, rung: Rung, metrics: dict[str, float], folder: Path) -> None:
+    """A rung in the tracker: its metrics, its best EMA's sample grid (key ``samples`` at the rung's step, for the
+    UI's image comparison) and, when it improved, the new best model file."""
+    run.log_metrics(metrics, rung.step)
+    run.log_image((folder / samples_file(rung.step)).read_bytes(), SAMPLES_KEY, rung.step)
+    if rung.improved:
+        run.log_file(folder / BEST, CHECKPOINTS)
+
+
 def final_rung_study(rung: Rung, sweep: SweepConfig, loop: RungLoop, run: TrackedRun) -> dict[str, Any]:
     """The sampling study on the final rung's best EMA network (``eval.search``): its metrics, logged to the run."""
     cfg = loop.trainer.cfg
@@ -75,6 +89,29 @@ def final_rung_study(rung: Rung, sweep: SweepConfig, loop: RungLoop, run: Tracke
     return {**study.metrics(), "sampling_best": best}
 
 
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def trial_label(trial_name: str, trial_dir: str) -> str:
+    """``trial N``, N being Ray's trial counter (its trial folder is ``<trial name>_<N>_<values>_<time>``), else the
+    trial name."""
+    folder = Path(trial_dir).name
+    number = folder.removeprefix(f"{trial_name}_").split("_", 1)[0]
+    return f"trial {number}" if folder.startswith(f"{trial_name}_") and number.isdigit() else trial_name
+
+
+def trial_run_name(label: str, config: dict[str, Any], limit: int = 250) -> str:
+    """What a trial's run is called: its label and sampled values, e.g. ``trial 3: lr=0.0012 schedule=cosine``
+    (a dimension by the last part of its path, unless two dimensions share it)."""
+    leaves = [path.rsplit(".", 1)[-1] for path in config]
+    keys = [leaf if leaves.count(leaf) == 1 else path for path, leaf in zip(config, leaves, strict=True)]
+    values = " ".join(f"{key}={_short(value)}" for key, value in zip(keys, config.values(), strict=True))
+    return f"{label}: {values}"[:limit] if values else label
+
+
 def trial_run(loop: RungLoop, config: dict[str, Any], tracking_uri: str, experiment_id: str, parent_run_id: str) -> QueuedRun:
     """The trial's tracked run behind a queue: opened (or reopened: its id travels in the checkpoint) when the
     tracker answers, while training goes on if it does not."""
@@ -84,8 +121,9 @@ def trial_run(loop: RungLoop, config: dict[str, Any], tracking_uri: str, experim
             "num_parameters": str(loop.trainer.model.num_parameters()), "restored_at_step": str(loop.trainer.step),
             "inception_weights": str(weights.path), "inception_weights_sha256": weights.sha256}
     tracker = open_tracker(tracking_uri)
-    run = QueuedRun(lambda: tracker.trial_run(experiment_id, parent_run_id, context.get_trial_id(), context.get_trial_name(),
-                                              config, tags, loop.extra.get("run_id")))
+    name = trial_run_name(trial_label(context.get_trial_name(), context.get_trial_dir()), config)
+    run = QueuedRun(lambda: tracker.trial_run(experiment_id, parent_run_id, context.get_trial_id(), name, config, tags,
+                                              loop.extra.get("run_id")))
     run.flush()
     return run
 
@@ -105,10 +143,7 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
     def report(rung: Rung) -> None:
         metrics = rung.metrics()
         study = final_rung_study(rung, sweep, loop, run) if rung.final and sweep.sampling_search is not None else {}
-        run.log_metrics({**metrics, **{k: v for k, v in study.items() if k != "sampling_best"}}, rung.step)
-        run.log_image((loop.folder / samples_file(rung.step)).read_bytes(), SAMPLES_KEY, rung.step)
-        if rung.improved:
-            run.log_file(loop.folder / BEST, CHECKPOINTS)
+        log_rung(run, rung, {**metrics, **{k: v for k, v in study.items() if k != "sampling_best"}}, loop.folder)
         loop.extra["run_id"] = run.run_id or loop.extra.get("run_id")
         tune.report({**metrics, **study, "step": rung.step, "run_id": run.run_id or "", "node_id": ray.get_runtime_context().get_node_id()},
                     checkpoint=tune.Checkpoint.from_directory(loop.folder))

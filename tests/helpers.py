@@ -9,8 +9,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from diffusion_core.checkpoint import save_model
 from diffusion_core.config import RunConfig
 from diffusion_core.evaluate import EvalResult
+from diffusion_core.unet import build_unet
 
 DATA_ROOT = Path(os.environ.get("DIFFUSION_SWEEP_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MNIST_ROOT = DATA_ROOT
@@ -38,6 +40,16 @@ def tiny_config(**sections) -> RunConfig:
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
     return RunConfig.model_validate(raw)
+
+
+def tiny_model_file(path: Path) -> Path:
+    """An untrained class-conditional tiny network as a model file with made-up scores (sampling, registering and
+    loading need no training to be tested)."""
+    cfg = tiny_config(model={"class_conditional": True}, eval={"sampling_steps": 5, "batch_size": 4})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        weights = build_unet(cfg).state_dict()
+    return save_model(path, weights, cfg, {"step": 40, "fid": 123.4, "kid": 0.05, "ema_rate": 0.99})
 
 
 REPO = Path(__file__).resolve().parents[1]
