@@ -18,7 +18,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from diffusion_core.config import RunConfig
+from diffusion_core.config import MAY_CHANGE, RunConfig
 from diffusion_core.evaluate import Evaluator
 from diffusion_core.loop import Rung, RungLoop
 from diffusion_core.trainer import Shard, Trainer
@@ -79,7 +79,7 @@ def train_in(job: FinalJob, folder: str) -> None:
     device = ray.train.torch.get_device()
     trainer = Trainer(cfg, device, shard=shard)
     loop = RungLoop(trainer, Evaluator(cfg, device) if shard.rank == 0 else None, folder)
-    restore_from(loop, ray.train.get_checkpoint())
+    restore_from(loop, ray.train.get_checkpoint(), {*MAY_CHANGE, "train.max_steps"})  # finalize again with more steps continues
     run = open_final_run(job, loop) if shard.rank == 0 else None
     if run is not None:
         loop.extra["run_id"] = run.run_id

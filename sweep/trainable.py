@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import traceback
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from ray import tune
 
 from diffusion_core.checkpoint import CheckpointError
+from diffusion_core.config import MAY_CHANGE
 from diffusion_core.evaluate import Evaluator
 from diffusion_core.loop import BEST, Rung, RungLoop, samples_file
 from diffusion_core.trainer import DivergenceError, Trainer
@@ -46,14 +48,14 @@ def restore(loop: RungLoop) -> None:
     restore_from(loop, tune.get_checkpoint())
 
 
-def restore_from(loop: RungLoop, checkpoint: tune.Checkpoint | None) -> None:
-    """Continue from ``checkpoint`` (Tune's or Ray Train's latest); if it is corrupt, from the newest earlier one
-    that loads."""
+def restore_from(loop: RungLoop, checkpoint: tune.Checkpoint | None, may_change: Collection[str] = MAY_CHANGE) -> None:
+    """Continue from ``checkpoint`` (Tune's or Ray Train's latest) if its run config differs only in ``may_change``;
+    if it is corrupt, from the newest earlier one that loads."""
     if checkpoint is None:
         return
     with checkpoint.as_directory() as folder:
         try:
-            loop.restore(folder)
+            loop.restore(folder, may_change)
             return
         except CheckpointError as exc:
             error = exc
@@ -61,7 +63,7 @@ def restore_from(loop: RungLoop, checkpoint: tune.Checkpoint | None) -> None:
     older = sorted(current.parent.glob("checkpoint_*"), reverse=True) if type(checkpoint.filesystem).__name__ == "LocalFileSystem" else []
     for candidate in (p for p in older if p.name < current.name):
         try:
-            loop.restore(candidate)
+            loop.restore(candidate, may_change)
         except CheckpointError:
             continue
         log.warning("%s; continuing from the previous good checkpoint %s (step %d)", error, candidate, loop.trainer.step)

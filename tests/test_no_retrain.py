@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import FID_WEIGHTS, ema_model, require, tiny_config
 
-from diffusion_core.checkpoint import CheckpointError
+from diffusion_core.config import ConfigError
 from diffusion_core.evaluate import BankEvaluation, EvalResult, Evaluator
 from diffusion_core.metrics import InceptionFeatures
 from diffusion_core.samplers import SAMPLING_KEYS
@@ -51,7 +51,7 @@ def test_bank_survives_checkpoint_and_rejects_a_checkpoint_of_another_bank(tmp_p
         for a, b in zip(_weights(model), _weights(resumed.emas.models()[rate]), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     other = Trainer(tiny_config(train={"ema_rates": [0.5]}), device="cpu")
-    with pytest.raises(CheckpointError, match="does not match this run's configuration"):
+    with pytest.raises(ConfigError, match=r"continues a run trained with another config \(train.ema_rates: \[0.9, 0.999\] -> \[0.5\]\)"):
         other.load_checkpoint(path)
 
 
