@@ -15,7 +15,7 @@ from sweep.artifacts import BEST_MODEL, CHECKPOINTS, SAMPLES_KEY
 from sweep.tracking import TRIAL_TAG, RunRecord, Tracker
 
 log = logging.getLogger(__name__)
-NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "step", "node_id", "run_id"}
+NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "step", "node_id", "run_id", "tracking_queued"}
 
 
 def _rows(result: Any) -> dict[int, dict[str, float]]:

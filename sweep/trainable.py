@@ -147,7 +147,8 @@ def run_trial(config: dict[str, Any], *, sweep: SweepConfig, tracking_uri: str, 
         study = final_rung_study(rung, sweep, loop, run) if rung.final and sweep.sampling_search is not None else {}
         log_rung(run, rung, {**metrics, **{k: v for k, v in study.items() if k != "sampling_best"}}, loop.folder)
         loop.extra["run_id"] = run.run_id or loop.extra.get("run_id")
-        tune.report({**metrics, **study, "step": rung.step, "run_id": run.run_id or "", "node_id": ray.get_runtime_context().get_node_id()},
+        tune.report({**metrics, **study, "step": rung.step, "run_id": run.run_id or "", "node_id": ray.get_runtime_context().get_node_id(),
+                     "tracking_queued": len(run.pending)},
                     checkpoint=tune.Checkpoint.from_directory(loop.folder))
 
     try:
