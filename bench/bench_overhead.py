@@ -82,8 +82,7 @@ def section(r: Result) -> list[str]:
         "- Trials run in reused worker processes (`reuse_actors`): only the first trial pays for starting a process and "
         "importing PyTorch, Ray and MLflow (~10 s on 2 cores). The reference statistics are computed before the timed run "
         "(a sweep computes them once and caches them).",
-        "- The driver opens MLflow's store while Ray starts, stops Ray while it writes the sweep up (`sweep.runner.run_sweep`), "
-        "and exits without the interpreter's final garbage collection (`gc.freeze` in `sweep.launch`).",
+        "- The driver opens MLflow's store while Ray starts and stops Ray while it writes the sweep up (`sweep.runner.run_sweep`).",
         "- A smoke trial trains for seconds, so fixed costs weigh far more here than in a real sweep, whose trials train for "
         "hours: the fraction is an upper bound for real use.",
     ]
