@@ -15,8 +15,9 @@ from mlflow.tracking import MlflowClient
 from sweep.ui import free_port, mlflow_server
 
 
-def _reported_steps(results: Path) -> list[int]:
-    return [json.loads(line)["step"] for f in results.glob("run_trial_*/result.json") for line in f.read_text().splitlines()]
+def _reported(results: Path, key: str) -> list:
+    """``key`` of every result the trials reported to Ray so far."""
+    return [json.loads(line)[key] for f in results.glob("run_trial_*/result.json") for line in f.read_text().splitlines()]
 
 
 def _wait_for(condition, driver: subprocess.Popen, what: str, timeout: float = 900) -> None:
@@ -37,9 +38,9 @@ def test_server_stopped_and_restarted_mid_sweep(tmp_path, small_sweep_fid_cache)
                                        fid_cache=small_sweep_fid_cache)
         log = (tmp_path / "driver.log").open("w")
         driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _wait_for(lambda: 100 in _reported_steps(results), driver, "first rung")
+        _wait_for(lambda: 100 in _reported(results, "step"), driver, "first rung")
     # the server is down: the trials go on training and reporting to Ray
-    _wait_for(lambda: _reported_steps(results).count(200) >= 1, driver, "rung while the server was down")
+    _wait_for(lambda: _reported(results, "step").count(200) >= 1, driver, "rung while the server was down")
     with mlflow_server(store, artifacts, tmp_path / "server.log", port=port) as url:
         assert driver.wait(timeout=1200) == 0, (tmp_path / "driver.log").read_text()[-3000:]
         client = MlflowClient(url)
@@ -52,5 +53,5 @@ def test_server_stopped_and_restarted_mid_sweep(tmp_path, small_sweep_fid_cache)
             assert sorted(m.step for m in history) == [100, 200, 300], "every rung once, none lost, none twice"
             assert image_steps(client, child.info.run_id, "samples") == [100, 200, 300]
             assert child.data.tags["diffusion_sweep.status"] == "completed"
-    queued = [json.loads(line)["tracking_queued"] for f in results.glob("run_trial_*/result.json") for line in f.read_text().splitlines()]
+    queued = _reported(results, "tracking_queued")
     assert max(queued) > 0, f"the outage was not noticed (records queued at each rung: {queued}): the test tested nothing"
